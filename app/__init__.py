@@ -1,0 +1,69 @@
+"""The application factory."""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+from flask import Flask, g, request
+
+from config import Config
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or Config.from_env()
+    app = Flask(__name__, instance_path=os.path.abspath(config.INSTANCE_PATH or "instance"),
+                instance_relative_config=False)
+    app.config.update(config.to_flask(app.instance_path))
+    os.makedirs(app.config["INSTANCE_PATH"], exist_ok=True)
+    logging.basicConfig(level=app.config["LOG_LEVEL"].upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from app.database import configure_engine
+    from app.errors import register_error_handlers
+    from app.extensions import db, migrate, sock
+    from app.redis_client import init_redis
+
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True, compare_type=True, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
+    sock.init_app(app)
+    configure_engine(app)
+    init_redis(app)
+    register_error_handlers(app)
+    register_request_id(app)
+    register_blueprints(app)
+    register_cli(app)
+    return app
+
+
+def register_request_id(app: Flask) -> None:
+    @app.before_request
+    def _request_id():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        return response
+
+
+def register_blueprints(app: Flask) -> None:
+    from flask import Blueprint
+    import flask_swagger_ui
+
+    from app.api import api
+    from app.api.health import health
+
+    app.register_blueprint(api, url_prefix="/api")
+    app.register_blueprint(api, url_prefix="/drive", name="drive")
+    app.register_blueprint(health)
+    assets = Blueprint("swagger_assets", __name__, static_folder=os.path.join(
+        os.path.dirname(flask_swagger_ui.__file__), "dist"), static_url_path="/api/docs/assets")
+    app.register_blueprint(assets)
+
+
+def register_cli(app: Flask) -> None:
+    from app.cli import register
+
+    register(app)

@@ -1,0 +1,63 @@
+"""Publishing live events, per account, into Redis.
+
+Each event gets an id that increases per account, is appended to the account's stream
+(`drive:events:{account}`, the last EVENT_HISTORY entries, for replay after a reconnect) and
+is announced on the account's channel for relays that listen live. One Lua script does all
+three, so ids and stream order never disagree. Callers publish only after their transaction
+committed (invariant 4); a failure to publish is logged and never undoes the change.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from redis.exceptions import RedisError
+
+from app.redis_client import get_redis
+
+log = logging.getLogger(__name__)
+
+EVENT_HISTORY = 1000
+
+_PUBLISH = """
+local id = redis.call('INCR', KEYS[1])
+local packet = '{"id":' .. id .. ',"type":' .. cjson.encode(ARGV[1]) .. ',"data":' .. ARGV[2] .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'packet', packet)
+redis.call('PUBLISH', KEYS[3], packet)
+return id
+"""
+
+
+def keys_for(account_id) -> tuple[str, str, str]:
+    account = str(account_id)
+    return (f"drive:events:{account}:seq", f"drive:events:{account}", f"drive:events:{account}:live")
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, as every timestamp on the wire."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def publish_event(account_id, event_type: str, data: dict, redis=None) -> int | None:
+    """Publish `{"id", "type", "data"}` to the account; returns the id, None if Redis failed."""
+    redis = redis or get_redis()
+    try:
+        script = redis.register_script(_PUBLISH)
+        return int(script(keys=keys_for(account_id),
+                          args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY]))
+    except RedisError:
+        log.warning("could not publish %s for account %s", event_type, account_id, exc_info=True)
+        return None
+
+
+def read_events(account_id, since: int = 0, redis=None) -> list[dict]:
+    """The stored events of an account with an id above `since`, oldest first."""
+    redis = redis or get_redis()
+    out = []
+    for _, fields in redis.xrange(keys_for(account_id)[1]):
+        if int(fields[b"id"]) > since:
+            out.append(json.loads(fields[b"packet"]))
+    return out

@@ -1,0 +1,83 @@
+"""Reading a chunk from a request body without holding it in memory: a raw
+`application/octet-stream` body (the fast path) or the seed's multipart field `chunk`,
+parsed as it streams. Either way the bytes are handed on in pieces as they arrive."""
+from __future__ import annotations
+
+from typing import BinaryIO, Iterator
+
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.parser import ParseFailedException
+from streaming_form_data.targets import BaseTarget
+
+from app.errors import BadRequest
+
+READ_SIZE = 1024 * 1024
+
+
+class _Collect(BaseTarget):
+    """Receives the `chunk` part; the pieces are drained by the reading loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.pieces: list[bytes] = []
+        self.seen = False
+        self.finished = False
+
+    def on_start(self):
+        self.seen = True
+
+    def on_data_received(self, chunk: bytes):
+        self.pieces.append(chunk)
+
+    def on_finish(self):
+        self.finished = True
+
+
+class ChunkBody:
+    def __init__(self, stream: BinaryIO, content_type: str, content_length: int | None, checksum: str | None):
+        self.stream = stream
+        self.content_type = (content_type or "").lower()
+        self.content_length = content_length
+        self.checksum = checksum.strip().lower() if checksum else None
+        self.multipart = self.content_type.startswith("multipart/form-data")
+
+    @property
+    def exact_length(self) -> int | None:
+        """The chunk's length known before reading (raw bodies with Content-Length)."""
+        return None if self.multipart else self.content_length
+
+    def pieces(self) -> Iterator[bytes]:
+        if self.multipart:
+            yield from self._multipart()
+            return
+        if self.content_type and not self.content_type.startswith("application/octet-stream"):
+            raise BadRequest("Send the chunk as application/octet-stream or as the multipart field 'chunk'",
+                             code="UNSUPPORTED_CHUNK_ENCODING", status=415)
+        while True:
+            data = self.stream.read(READ_SIZE)
+            if not data:
+                return
+            yield data
+
+    def _multipart(self) -> Iterator[bytes]:
+        target = _Collect()
+        try:
+            parser = StreamingFormDataParser(headers={"Content-Type": self.content_type})
+        except ParseFailedException as error:
+            raise BadRequest("The multipart body has no boundary", code="INVALID_MULTIPART") from error
+        parser.register("chunk", target)
+        while True:
+            data = self.stream.read(READ_SIZE)
+            if not data:
+                break
+            try:
+                parser.data_received(data)
+            except ParseFailedException as error:
+                raise BadRequest("The multipart body could not be parsed", code="INVALID_MULTIPART") from error
+            if target.pieces:
+                pieces, target.pieces = target.pieces, []
+                yield from pieces
+        if not target.seen:
+            raise BadRequest("The multipart body has no field 'chunk'", code="CHUNK_MISSING")
+        if not target.finished:
+            raise BadRequest("The multipart body ended early", code="INCOMPLETE_BODY")

@@ -1,0 +1,127 @@
+"""Completing an upload: check that every chunk is stored, start exactly one finalize job,
+and wait (up to UPLOAD_COMPLETE_WAIT_SECONDS) for it to publish the file.
+
+`finalize_requested_at` is set by one conditional UPDATE, so of many concurrent completes
+only one enqueues the job. A later complete finds the job by its id; if RQ lost it (Redis
+restarted, the worker was killed and the job abandoned) while the task is still open, it is
+enqueued again: finalizing is idempotent.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import sqlalchemy as sa
+from flask import current_app
+from redis.exceptions import RedisError
+from rq import Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from app.errors import BadRequest, Gone, ServiceUnavailable
+from app.extensions import db
+from app.models import CloudFile, UploadStatus, UploadTask
+from app.models.types import utcnow
+from app.redis_client import get_redis
+from app.services.chunks import _is_stale
+from app.services.uploads import get_task, uploaded_indices
+from jobs.finalize import done_channel, finalize_upload
+from jobs.queues import get_queue
+
+DEAD = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+def _job_id(task: UploadTask) -> str:
+    return f"finalize-{task.task_id}"
+
+
+def _enqueue(task: UploadTask) -> None:
+    config = current_app.config
+    get_queue("high").enqueue(
+        finalize_upload, str(task.id), job_id=_job_id(task),
+        job_timeout=config["UPLOAD_FINALIZE_TIMEOUT_SECONDS"], retry=Retry(max=2, interval=[2, 10]),
+        result_ttl=3600, failure_ttl=7 * 24 * 3600,
+        description=f"finalize upload {task.task_id}",
+    )
+
+
+def _ensure_job(task: UploadTask) -> None:
+    try:
+        job = Job.fetch(_job_id(task), connection=get_redis())
+        status = job.get_status(refresh=True)
+    except NoSuchJobError:
+        status = None
+    if status is None or status in DEAD:
+        _enqueue(task)
+
+
+def _outcome(task: UploadTask):
+    """('file', CloudFile) when done; raises for a failed or expired upload; None otherwise."""
+    if task.status == UploadStatus.Completed:
+        return db.session.get(CloudFile, task.file_id)
+    if task.status == UploadStatus.Failed:
+        raise BadRequest("The upload failed", code="UPLOAD_FAILED",
+                         details={"taskId": task.task_id, "error": task.error_message})
+    if task.status == UploadStatus.Expired:
+        raise Gone("The upload has expired", code="UPLOAD_EXPIRED", details={"taskId": task.task_id})
+    return None
+
+
+def complete_upload(account_id: uuid.UUID, task_id: str):
+    """The CloudFile when finalizing ended in time, else the task (still InProgress)."""
+    task = get_task(task_id, account_id)
+    result = _outcome(task)
+    if result is not None:
+        return result
+    if task.finalize_requested_at is None:
+        if _is_stale(task):
+            raise Gone("The upload has expired", code="UPLOAD_EXPIRED", details={"taskId": task_id})
+        have = set(uploaded_indices(task))
+        missing = [i for i in range(task.chunks_count) if i not in have]
+        if missing:
+            raise BadRequest(f"{len(missing)} chunk(s) are missing", code="CHUNKS_MISSING",
+                             details={"taskId": task_id, "missingChunks": missing, "missingCount": len(missing)})
+        now = utcnow()
+        claimed = db.session.execute(
+            sa.update(UploadTask)
+            .where(UploadTask.id == task.id, UploadTask.status == UploadStatus.InProgress,
+                   UploadTask.finalize_requested_at.is_(None), UploadTask.deleted_at.is_(None))
+            .values(finalize_requested_at=now, updated_at=now, last_activity=now)
+        ).rowcount
+        db.session.commit()
+        if claimed:
+            try:
+                _enqueue(task)
+            except RedisError as error:
+                raise ServiceUnavailable("The job queue is unavailable; call complete again",
+                                         code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"}) from error
+    else:
+        try:
+            _ensure_job(task)
+        except RedisError as error:
+            raise ServiceUnavailable("The job queue is unavailable; call complete again",
+                                     code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"}) from error
+    return _wait(task.id, task_id)
+
+
+def _wait(task_pk: uuid.UUID, task_id: str):
+    deadline = time.monotonic() + current_app.config["UPLOAD_COMPLETE_WAIT_SECONDS"]
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(done_channel(task_id))
+        while True:
+            db.session.rollback()  # see the worker's commit, hold no lock while waiting
+            task = db.session.get(UploadTask, task_pk)
+            result = _outcome(task)
+            if result is not None:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return task
+            # the worker announces the end; re-reading every second covers a lost message
+            pubsub.get_message(timeout=min(remaining, 1.0))
+    except RedisError:
+        db.session.rollback()
+        return db.session.get(UploadTask, task_pk)
+    finally:
+        pubsub.close()

@@ -1,0 +1,95 @@
+"""Settings, read from the environment when the app factory runs (never at import time).
+
+`Config.from_env()` builds the settings of a process; tests build their own `Config` with
+overrides instead of patching the environment. Every variable is listed in the README's
+configuration table.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+MIB = 1024 * 1024
+
+
+def _int(env, name, default):
+    value = env.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def _bool(env, name, default):
+    value = env.get(name)
+    if value in (None, ""):
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Config:
+    INSTANCE_PATH: str = ""
+    DATABASE_URL: str = ""                 # empty: SQLite file under the instance folder
+    REDIS_URL: str = ""                    # empty: an embedded redis-server on a unix socket
+    JWT_SECRET: str = "dev-secret-change-me"
+    JWT_ALGORITHM: str = "HS256"
+    STORAGE_UPLOADS_PATH: str = ""         # empty: <instance>/uploads
+    STORAGE_PREFERRED_REMOTE: str = ""     # id of the pool used when a create names none
+    STORAGE_FSYNC: bool = True             # fsync chunks and files before recording them
+    UPLOAD_DEFAULT_CHUNK_SIZE: int = 5 * MIB
+    UPLOAD_MAX_CHUNK_SIZE: int = 16 * MIB
+    UPLOAD_MIN_CHUNK_SIZE: int = 1 * MIB
+    UPLOAD_MAX_FILE_SIZE: int = 1024 * 1024 * MIB   # 1 TiB, for pools without a limit
+    UPLOAD_STALE_THRESHOLD_HOURS: int = 24
+    UPLOAD_CLEANUP_INTERVAL_MINUTES: int = 60
+    UPLOAD_CACHE_DURATION_MINUTES: int = 30
+    UPLOAD_COMPLETE_WAIT_SECONDS: int = 30
+    UPLOAD_FINALIZE_TIMEOUT_SECONDS: int = 3600
+    UPLOAD_SPEED_WINDOW_SECONDS: int = 30
+    QUOTA_DEFAULT_BYTES: int = 0           # 0: no limit for accounts without a quota row
+    LOG_LEVEL: str = "INFO"
+    TESTING: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env=None, **overrides) -> "Config":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            if f.name == "extra" or f.name not in env:
+                continue
+            if f.type == "int":
+                values[f.name] = _int(env, f.name, f.default)
+            elif f.type == "bool":
+                values[f.name] = _bool(env, f.name, f.default)
+            else:
+                values[f.name] = env[f.name]
+        values.update(overrides)
+        return cls(**values)
+
+    def to_flask(self, instance_path: str) -> dict:
+        """The mapping loaded into `app.config`, with defaults that depend on the instance path."""
+        instance = self.INSTANCE_PATH or instance_path
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out.update(self.extra)
+        out["INSTANCE_PATH"] = instance
+        out["DATABASE_URL"] = normalise_database_url(
+            self.DATABASE_URL or "sqlite:///" + os.path.join(instance, "drive.sqlite3")
+        )
+        out["STORAGE_UPLOADS_PATH"] = self.STORAGE_UPLOADS_PATH or os.path.join(instance, "uploads")
+        out["SQLALCHEMY_DATABASE_URI"] = out["DATABASE_URL"]
+        out["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(out["DATABASE_URL"])
+        return out
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs written the usual way."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Several processes (web, worker, CLI) share the file: wait for locks, not fail.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}

@@ -1,0 +1,209 @@
+"""finalize_upload: verify the whole file's SHA-256, store it in the pool, publish the file.
+
+Safe to run twice: the task row's status is the guard (only an InProgress task is finalized,
+and the transition to Completed is a conditional UPDATE, so only one run publishes a file).
+The hash is checked before any file is assembled: a mismatch ends the task Failed, stores
+nothing and releases the reservation. An unexpected error is retried by RQ; on the last try
+the task is marked Failed, the failure published, and the exception re-raised.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+
+import sqlalchemy as sa
+from rq import get_current_job
+
+from app import crypto
+from app.events import iso, publish_event
+from app.extensions import db
+from app.models import CloudFile, Pool, UploadChunk, UploadStatus, UploadTask
+from app.models.types import utcnow
+from app.redis_client import get_redis
+from app.services import quotas
+from app.services.file_meta import probe_file_meta
+from app.services.uploads import remove_task_chunks
+from app.storage import Concatenating, backend_for
+from jobs.context import with_app
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK = 8 * 1024 * 1024
+
+
+def done_channel(task_id: str) -> str:
+    return f"drive:upload-done:{task_id}"
+
+
+class UploadRejected(Exception):
+    """The upload's bytes are not what was declared; the task fails, nothing is retried."""
+
+
+@with_app
+def finalize_upload(task_pk: str) -> str | None:
+    task = db.session.get(UploadTask, uuid.UUID(task_pk))
+    if task is None or task.deleted_at is not None or task.status != UploadStatus.InProgress:
+        return str(task.file_id) if task is not None and task.file_id else None
+    try:
+        return _finalize(task)
+    except UploadRejected as error:
+        db.session.rollback()
+        _fail(task_pk, str(error))
+        return None
+    except Exception as error:
+        db.session.rollback()
+        job = get_current_job()
+        if job is None or not job.retries_left:
+            _fail(task_pk, f"File processing failed: {type(error).__name__}")
+        raise
+
+
+def _chunks(task: UploadTask) -> list[UploadChunk]:
+    chunks = list(db.session.scalars(
+        sa.select(UploadChunk).where(UploadChunk.task_id == task.id).order_by(UploadChunk.chunk_index)))
+    if [c.chunk_index for c in chunks] != list(range(task.chunks_count)):
+        raise UploadRejected("Chunks are missing")
+    for chunk in chunks:
+        if chunk.size != task.expected_chunk_size(chunk.chunk_index):
+            raise UploadRejected(f"Chunk {chunk.chunk_index} has the wrong size")
+    return chunks
+
+
+def _read_blocks(backend, key: str, buffer: bytearray):
+    view = memoryview(buffer)
+    with backend.open_read(key) as source:
+        while True:
+            count = source.readinto(view)
+            if not count:
+                return
+            yield view[:count]
+
+
+def _finalize(task: UploadTask) -> str:
+    chunks = _chunks(task)
+    pool = db.session.get(Pool, task.pool_id)
+    backend = backend_for(pool)
+    file_id = uuid.uuid4()
+    key = f"files/{file_id}"
+    buffer = bytearray(READ_BLOCK)
+    digest = hashlib.sha256()
+    encryption = None
+    # Detach what was loaded and end the transaction: none is held while bytes move
+    # (on SQLite an open transaction would hold the database's write lock).
+    db.session.expunge_all()
+    db.session.rollback()
+
+    if task.encryption:
+        file_key, encryption = crypto.new_file_key(task.encryption)
+        encryptor = crypto.SegmentEncryptor(file_key)
+        writer = backend.open_writer(key)
+        try:
+            for chunk in chunks:
+                for block in _read_blocks(backend, chunk.storage_key, buffer):
+                    digest.update(block)
+                    for sealed in encryptor.update(block):
+                        writer.write(sealed)
+            _check_hash(task, digest)
+            writer.write(encryptor.finish())
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    else:
+        # hash first, then join the chunks; a mismatch assembles nothing
+        for chunk in chunks:
+            for block in _read_blocks(backend, chunk.storage_key, buffer):
+                digest.update(block)
+        _check_hash(task, digest)
+        writer = backend.open_writer(key)
+        try:
+            for chunk in chunks:
+                if isinstance(writer, Concatenating):
+                    writer.append_object(chunk.storage_key)
+                else:
+                    for block in _read_blocks(backend, chunk.storage_key, buffer):
+                        writer.write(block)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    file_meta = {} if encryption else probe_file_meta(backend, key, task.content_type)
+    return _publish(task, pool, backend, file_id, key, encryption, file_meta)
+
+
+def _check_hash(task: UploadTask, digest) -> None:
+    actual = digest.hexdigest()
+    if actual != task.hash:
+        raise UploadRejected(f"SHA-256 mismatch: declared {task.hash}, received {actual}")
+
+
+def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
+    now = utcnow()
+    task_pk = task.id
+    try:
+        db.session.add(CloudFile(
+            id=file_id, name=task.file_name, mime_type=task.content_type, size=task.file_size,
+            hash=task.hash, file_meta=file_meta, user_meta={}, is_encrypted=encryption is not None,
+            encryption=encryption, pool_id=pool.id, bundle_id=task.bundle_id, account_id=task.account_id,
+            storage_key=key, stored_size=backend.size(key), expired_at=task.expired_at,
+            uploaded_at=now, created_at=now, updated_at=now,
+        ))
+        db.session.flush()
+        moved = db.session.execute(
+            sa.update(UploadTask)
+            .where(UploadTask.id == task_pk, UploadTask.status == UploadStatus.InProgress,
+                   UploadTask.deleted_at.is_(None))
+            .values(status=UploadStatus.Completed, file_id=file_id, completed_at=now, quota_reserved=0,
+                    updated_at=now, last_activity=now)
+        ).rowcount
+        if moved != 1:  # another run got there first, or the task was cancelled
+            db.session.rollback()
+            backend.delete(key)
+            return None
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        backend.delete(key)
+        raise
+    task = db.session.get(UploadTask, task_pk)
+    publish_event(task.account_id, "upload.completed", {
+        "taskId": task.task_id, "fileId": str(file_id), "fileName": task.file_name,
+        "fileSize": task.file_size, "completedAt": iso(now),
+    })
+    _announce(task.task_id, "Completed")
+    remove_task_chunks(task)
+    return str(file_id)
+
+
+def _fail(task_pk: str, message: str) -> None:
+    """Mark the task Failed (once), release its reservation, publish, drop its chunks."""
+    now = utcnow()
+    task = db.session.get(UploadTask, uuid.UUID(task_pk))
+    reserved = task.quota_reserved
+    moved = db.session.execute(
+        sa.update(UploadTask)
+        .where(UploadTask.id == task.id, UploadTask.status == UploadStatus.InProgress)
+        .values(status=UploadStatus.Failed, error_message=message, quota_reserved=0, updated_at=now,
+                last_activity=now)
+    ).rowcount
+    if moved != 1:
+        db.session.rollback()
+        return
+    quotas.release(task.account_id, reserved)
+    db.session.commit()
+    log.info("upload %s failed: %s", task.task_id, message)
+    publish_event(task.account_id, "upload.failed", {
+        "taskId": task.task_id, "fileName": task.file_name, "fileSize": task.file_size,
+        "failedAt": iso(now), "errorMessage": message,
+    })
+    _announce(task.task_id, "Failed")
+    remove_task_chunks(task)
+
+
+def _announce(task_id: str, status: str) -> None:
+    try:
+        get_redis().publish(done_channel(task_id), status)
+    except Exception:  # noqa: BLE001 - waiters re-read the database anyway
+        log.warning("could not announce the end of %s", task_id, exc_info=True)
