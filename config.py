@@ -29,7 +29,7 @@ class Config:
     INSTANCE_PATH: str = ""
     DATABASE_URL: str = ""                 # empty: SQLite file under the instance folder
     REDIS_URL: str = ""                    # empty: an embedded redis-server on a unix socket
-    JWT_SECRET: str = "dev-secret-change-me"
+    JWT_SECRET: str = "dev-only-secret-set-JWT_SECRET-in-production"
     JWT_ALGORITHM: str = "HS256"
     STORAGE_UPLOADS_PATH: str = ""         # empty: <instance>/uploads
     STORAGE_PREFERRED_REMOTE: str = ""     # id of the pool used when a create names none

@@ -89,6 +89,7 @@ def complete_upload(account_id: uuid.UUID, task_id: str):
             .values(finalize_requested_at=now, updated_at=now, last_activity=now)
         ).rowcount
         db.session.commit()
+        task = db.session.get(UploadTask, task.id)
         if claimed:
             try:
                 _enqueue(task)
@@ -110,7 +111,6 @@ def _wait(task_pk: uuid.UUID, task_id: str):
     try:
         pubsub.subscribe(done_channel(task_id))
         while True:
-            db.session.rollback()  # see the worker's commit, hold no lock while waiting
             task = db.session.get(UploadTask, task_pk)
             result = _outcome(task)
             if result is not None:
@@ -118,6 +118,8 @@ def _wait(task_pk: uuid.UUID, task_id: str):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return task
+            # End the transaction: hold no lock (SQLite) and see the worker's commit next time.
+            db.session.rollback()
             # the worker announces the end; re-reading every second covers a lost message
             pubsub.get_message(timeout=min(remaining, 1.0))
     except RedisError:

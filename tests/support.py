@@ -1,0 +1,175 @@
+"""Helpers for tests: an authenticated API client, file and chunk builders, event listeners,
+and the real processes (rq worker, gunicorn) the integration tests talk to."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_bytes(size: int, seed: int | None = None) -> bytes:
+    if seed is None:
+        return os.urandom(size)
+    import random  # noqa: PLC0415
+
+    return random.Random(seed).randbytes(size)
+
+
+class ApiClient:
+    """Flask test client bound to one account (and one prefix: /api or /drive)."""
+
+    def __init__(self, client, token: str | None, account_id: uuid.UUID | None, prefix: str = "/api"):
+        self.client = client
+        self.token = token
+        self.account_id = account_id
+        self.prefix = prefix
+
+    def headers(self, extra=None):
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(extra or {})
+        return headers
+
+    def request(self, method, path, **kwargs):
+        kwargs["headers"] = self.headers(kwargs.get("headers"))
+        return self.client.open(self.prefix + path, method=method, **kwargs)
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path, **kwargs):
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path, **kwargs):
+        return self.request("DELETE", path, **kwargs)
+
+    # the upload flow -------------------------------------------------------------------
+    def create(self, data: bytes, name="file.bin", content_type="application/octet-stream", **fields):
+        body = {"fileName": name, "fileSize": len(data), "contentType": content_type, "hash": sha256(data)}
+        body.update(fields)
+        return self.post("/files/upload/create", json=body)
+
+    def send_chunk(self, task_id, index, payload: bytes, multipart=False, headers=None):
+        if multipart:
+            from io import BytesIO  # noqa: PLC0415
+
+            return self.post(f"/files/upload/chunk/{task_id}/{index}", headers=headers,
+                             data={"chunk": (BytesIO(payload), "blob")}, content_type="multipart/form-data")
+        return self.post(f"/files/upload/chunk/{task_id}/{index}", data=payload, headers=headers,
+                         content_type="application/octet-stream")
+
+    def complete(self, task_id):
+        return self.post(f"/files/upload/complete/{task_id}")
+
+    def upload(self, data: bytes, chunk_size: int | None = None, **fields):
+        """create → every chunk → complete; returns the complete response."""
+        if chunk_size is not None:
+            fields["chunkSize"] = chunk_size
+        created = self.create(data, **fields)
+        assert created.status_code == 200, created.get_json()
+        body = created.get_json()
+        if body["fileExists"]:
+            return created
+        size = body["chunkSize"]
+        for index in range(body["chunksCount"]):
+            sent = self.send_chunk(body["taskId"], index, data[index * size:(index + 1) * size])
+            assert sent.status_code == 200, sent.get_json()
+        return self.complete(body["taskId"])
+
+
+class EventListener:
+    """Subscribes to an account's live channel (as the relay will) and collects packets."""
+
+    def __init__(self, redis, account_id):
+        from app.events import keys_for  # noqa: PLC0415
+
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(keys_for(account_id)[2])
+        self.packets: list[dict] = []
+
+    def next(self, timeout: float = 20.0) -> dict | None:
+        message = self.pubsub.get_message(timeout=timeout)
+        if message is None:
+            return None
+        packet = json.loads(message["data"])
+        self.packets.append(packet)
+        return packet
+
+    def until(self, event_type: str, timeout: float = 30.0) -> list[dict]:
+        """Collect packets until one of `event_type` arrives; return all collected."""
+        while True:
+            packet = self.next(timeout)
+            assert packet is not None, f"no {event_type} within {timeout}s; got {self.packets}"
+            if packet["type"] == event_type:
+                return self.packets
+
+    def close(self):
+        self.pubsub.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen
+    log_path: str
+    lines: list
+
+    def stop(self, timeout: float = 10.0):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_process(args, env, log_path, ready_marker: str, timeout: float = 60.0) -> Process:
+    """Start a process and return once `ready_marker` appears in its output (stdout+stderr).
+    The output goes on being copied to `log_path` by a reader thread."""
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def pump():
+        with open(log_path, "a") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                lines.append(line)
+                if ready_marker in line:
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or proc.poll() is not None:
+        proc.kill()
+        raise RuntimeError(f"{args[:3]} did not start; see {log_path}:\n{''.join(lines[-30:])}")
+    return Process(proc, log_path, lines)
+
+
+def flask_command(*args) -> list[str]:
+    return [sys.executable, "-m", "flask", "--app", "wsgi", *args]
