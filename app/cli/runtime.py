@@ -1,6 +1,11 @@
 """Long-running processes: the RQ worker, the scheduler, the embedded Redis."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import click
 from flask import current_app
 from rq import Worker
@@ -49,3 +54,60 @@ def redis_stop():
     """Stop the embedded server of this instance."""
     stopped = stop_embedded_redis(current_app.config["INSTANCE_PATH"])
     click.echo("stopped" if stopped else "not running")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", 8000)), show_default="PORT or 8000")
+@click.option("--web-workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", 2)),
+              show_default="WEB_CONCURRENCY or 2", help="gunicorn processes.")
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("WEB_THREADS", 32)),
+              show_default="WEB_THREADS or 32", help="Threads per gunicorn process.")
+def serve(host, port, web_workers, threads):
+    """Run everything: gunicorn (web), one RQ worker and the scheduler. Ctrl-C stops them all,
+    and the embedded Redis too when this command started it."""
+    config = current_app.config
+    embedded = not os.environ.get("REDIS_URL")
+    env = dict(os.environ, REDIS_URL=config["REDIS_URL"], DATABASE_URL=config["DATABASE_URL"],
+               INSTANCE_PATH=config["INSTANCE_PATH"], STORAGE_UPLOADS_PATH=config["STORAGE_UPLOADS_PATH"])
+    bin_dir = os.path.dirname(sys.executable)
+    gunicorn = os.path.join(bin_dir, "gunicorn") if os.path.exists(os.path.join(bin_dir, "gunicorn")) else "gunicorn"
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
+    commands = {
+        "web": [gunicorn, "--workers", str(web_workers), "--worker-class", "gthread", "--threads", str(threads),
+                "--bind", f"{host}:{port}", "--timeout", "120", "--graceful-timeout", "30", "wsgi:app"],
+        "worker": flask + ["worker"],
+        "scheduler": flask + ["scheduler"],
+    }
+    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    click.echo(f"Drive on http://{host}:{port}/api (Redis {config['REDIS_URL']}); Ctrl-C stops it.")
+
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        pid, _ = os.wait()  # returns when any child ends: then stop the rest
+        if not stopping:
+            ended = next((name for name, child in children.items() if child.pid == pid), str(pid))
+            click.echo(f"{ended} stopped; stopping the others", err=True)
+            code = 1
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in children.values():
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded:
+            stop_embedded_redis(config["INSTANCE_PATH"])
+    sys.exit(code)
