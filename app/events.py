@@ -29,6 +29,15 @@ return id
 """
 
 
+def _script(redis):
+    """The publish script, registered once per client (it is loaded by its SHA)."""
+    script = getattr(redis, "_drive_publish", None)
+    if script is None:
+        script = redis.register_script(_PUBLISH)
+        redis._drive_publish = script
+    return script
+
+
 def keys_for(account_id) -> tuple[str, str, str]:
     account = str(account_id)
     return (f"drive:events:{account}:seq", f"drive:events:{account}", f"drive:events:{account}:live")
@@ -45,8 +54,7 @@ def publish_event(account_id, event_type: str, data: dict, redis=None) -> int | 
     """Publish `{"id", "type", "data"}` to the account; returns the id, None if Redis failed."""
     redis = redis or get_redis()
     try:
-        script = redis.register_script(_PUBLISH)
-        return int(script(keys=keys_for(account_id),
+        return int(_script(redis)(keys=keys_for(account_id),
                           args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY]))
     except RedisError:
         log.warning("could not publish %s for account %s", event_type, account_id, exc_info=True)

@@ -113,11 +113,13 @@ def receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: Chu
         writer = backend.open_writer(key)
     except StorageFull as error:
         raise InsufficientStorage("No space left to store the chunk", code="STORAGE_FULL") from error
+    except OSError as error:
+        raise _closed_meanwhile(task_pk, task_id) or error
     try:
         for piece in body.pieces():
             size += len(piece)
             if size > expected:
-                raise _size_error(index, expected, size if body.exact_length is None else size)
+                raise _size_error(index, expected, size)
             digest.update(piece)
             writer.write(piece)
         if size != expected:
@@ -130,11 +132,24 @@ def receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: Chu
     except StorageFull as error:
         writer.abort()
         raise InsufficientStorage("No space left to store the chunk", code="STORAGE_FULL") from error
+    except OSError as error:
+        # the task's folder can vanish under us when the task is cancelled or expires
+        writer.abort()
+        raise _closed_meanwhile(task_pk, task_id) or error
     except BaseException:
         writer.abort()
         raise
 
     return _record(task_pk, task_id, index, size, sha256, key, backend)
+
+
+def _closed_meanwhile(task_pk, task_id):
+    """The error to answer when the task stopped taking chunks while one streamed, else None."""
+    db.session.rollback()
+    task = db.session.get(UploadTask, task_pk)
+    error = None if _accepting(task) else _not_open(task, task_id)
+    db.session.rollback()
+    return error
 
 
 def _record(task_pk, task_id, index, size, sha256, key, backend) -> dict:
