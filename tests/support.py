@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -90,22 +91,31 @@ class ApiClient:
 
 
 class EventListener:
-    """Subscribes to an account's live channel (as the relay will) and collects packets."""
+    """Subscribes to an account's live channel (as the relay will) and collects packets.
+    The constructor returns once Redis has confirmed the subscription, so nothing published
+    after it can be missed."""
 
     def __init__(self, redis, account_id):
         from app.events import keys_for  # noqa: PLC0415
 
-        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = redis.pubsub()
         self.pubsub.subscribe(keys_for(account_id)[2])
+        confirmation = self.pubsub.get_message(timeout=10)
+        assert confirmation and confirmation["type"] == "subscribe", confirmation
         self.packets: list[dict] = []
 
     def next(self, timeout: float = 20.0) -> dict | None:
-        message = self.pubsub.get_message(timeout=timeout)
-        if message is None:
-            return None
-        packet = json.loads(message["data"])
-        self.packets.append(packet)
-        return packet
+        """The next packet, or None if none came within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = self.pubsub.get_message(timeout=remaining)
+            if message is not None and message["type"] == "message":
+                packet = json.loads(message["data"])
+                self.packets.append(packet)
+                return packet
 
     def until(self, event_type: str, timeout: float = 30.0) -> list[dict]:
         """Collect packets until one of `event_type` arrives; return all collected."""
