@@ -24,7 +24,7 @@ from app.redis_client import get_redis
 from app.services import quotas
 from app.services.file_meta import probe_file_meta
 from app.services.uploads import remove_task_chunks
-from app.storage import Concatenating, backend_for
+from app.storage import Composing, Concatenating, backend_for
 from jobs.context import with_app
 
 log = logging.getLogger(__name__)
@@ -116,21 +116,29 @@ def _finalize(task: UploadTask) -> str:
             for block in _read_blocks(backend, chunk.storage_key, buffer):
                 digest.update(block)
         _check_hash(task, digest)
-        writer = backend.open_writer(key)
-        try:
-            for chunk in chunks:
-                if isinstance(writer, Concatenating):
-                    writer.append_object(chunk.storage_key)
-                else:
-                    for block in _read_blocks(backend, chunk.storage_key, buffer):
-                        writer.write(block)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        _assemble(backend, [chunk.storage_key for chunk in chunks], key, buffer)
 
     file_meta = {} if encryption else probe_file_meta(backend, key, task.content_type)
     return _publish(task, pool, backend, file_id, key, encryption, file_meta)
+
+
+def _assemble(backend, keys: list[str], key: str, buffer: bytearray) -> None:
+    """One object from the chunks, copying as little as the backend allows."""
+    if isinstance(backend, Composing):
+        backend.compose(keys, key)
+        return
+    writer = backend.open_writer(key)
+    try:
+        for source in keys:
+            if isinstance(writer, Concatenating):
+                writer.append_object(source)
+            else:
+                for block in _read_blocks(backend, source, buffer):
+                    writer.write(block)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _check_hash(task: UploadTask, digest) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import current_app
 
-from app.storage.base import Concatenating, ObjectMissing, StorageBackend, StorageFull
+from app.storage.base import Composing, Concatenating, ObjectMissing, StorageBackend, StorageFull
 from app.storage.local import LocalBackend
 
-__all__ = ["Concatenating", "ObjectMissing", "StorageBackend", "StorageFull", "backend_for"]
+__all__ = ["Composing", "Concatenating", "ObjectMissing", "StorageBackend", "StorageFull", "backend_for"]
 
 BACKENDS = {"local": LocalBackend}
 

@@ -3,8 +3,10 @@
 A backend stores immutable objects. New objects are written through a `Writer`, which makes
 the object visible under its key only on `commit()` (durably, all or nothing) and leaves no
 trace on `abort()`. Optional abilities are separate protocols, checked before use:
-`Concatenating` (a writer that can append a stored object without the bytes crossing user
-space), `Ranged` readers are the default (`open_read` takes an offset).
+`Composing` (a backend that makes one object out of others without copying their bytes, as
+S3's multipart completion does), `Concatenating` (a writer that can append a stored object
+without the bytes crossing user space). Ranged reads are not optional: `open_read` takes an
+offset.
 """
 from __future__ import annotations
 
@@ -33,6 +35,14 @@ class Writer(Protocol):
 class Concatenating(Protocol):
     def append_object(self, key: str) -> None:
         """Append the stored object `key` to this writer (server side, no user-space copy)."""
+
+
+@runtime_checkable
+class Composing(Protocol):
+    def compose(self, source_keys: list[str], key: str) -> str:
+        """Make `key` an object whose bytes are those of `source_keys` in order, without
+        copying them; all or nothing, never overwriting `key`. The sources stay readable
+        until deleted."""
 
 
 class StorageBackend(Protocol):

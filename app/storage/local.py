@@ -3,10 +3,18 @@
 Writes go to a hidden temporary name in the target folder, are fsynced, then linked to the
 final name, which fails if the name exists: an object, once stored, is never overwritten, and
 a crash never leaves a half-written object under its final name.
+
+A composed object (`compose`) is a folder of hard links to its parts plus a `.composite`
+marker written last: no byte is copied, and reading it reads the parts in turn. A folder
+without the marker is an interrupted compose: its parts show up as separate objects that no
+row refers to, and cleanup sweeps them.
 """
 from __future__ import annotations
 
+import bisect
 import errno
+import io
+import json
 import os
 import shutil
 import uuid
@@ -15,6 +23,7 @@ from typing import BinaryIO, Iterator
 from app.storage.base import ObjectMissing, StorageFull
 
 TMP_PREFIX = ".tmp-"
+COMPOSITE_MARKER = ".composite"
 
 
 def _full(error: OSError) -> bool:
@@ -101,6 +110,56 @@ class LocalWriter:
             self.abort()
 
 
+class _PartsReader(io.RawIOBase):
+    """The parts of a composed object read as one seekable stream."""
+
+    def __init__(self, paths: list[str], sizes: list[int]):
+        self.paths = paths
+        self.starts = [0]
+        for size in sizes:
+            self.starts.append(self.starts[-1] + size)
+        self.position = 0
+        self.open_index = -1
+        self.handle = None
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.position
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.starts[-1]}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        if self.position >= self.starts[-1]:
+            return 0
+        index = bisect.bisect_right(self.starts, self.position) - 1
+        if index != self.open_index:
+            if self.handle is not None:
+                self.handle.close()
+            self.handle = open(self.paths[index], "rb", buffering=0)
+            self.open_index = index
+        self.handle.seek(self.position - self.starts[index])
+        view = memoryview(buffer)[: self.starts[index + 1] - self.position]
+        count = self.handle.readinto(view)
+        if not count:
+            raise OSError(errno.EIO, f"part {self.paths[index]} is shorter than recorded")
+        self.position += count
+        return count
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        super().close()
+
+
 class LocalBackend:
     name = "local"
 
@@ -123,26 +182,87 @@ class LocalBackend:
             raise
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
-        try:
-            handle = open(self.path(key), "rb")
-        except FileNotFoundError as error:
-            raise ObjectMissing(key) from error
+        path = self.path(key)
+        if os.path.isdir(path):
+            paths, sizes = self._parts(key)
+            handle = io.BufferedReader(_PartsReader(paths, sizes), buffer_size=1024 * 1024)
+        else:
+            try:
+                handle = open(path, "rb")
+            except FileNotFoundError as error:
+                raise ObjectMissing(key) from error
         if offset:
             handle.seek(offset)
         return handle
 
-    def size(self, key: str) -> int:
+    def _parts(self, key: str) -> tuple[list[str], list[int]]:
+        folder = self.path(key)
         try:
-            return os.stat(self.path(key)).st_size
+            with open(os.path.join(folder, COMPOSITE_MARKER)) as marker:
+                names = json.load(marker)["parts"]
+        except FileNotFoundError as error:
+            raise ObjectMissing(key) from error
+        paths = [os.path.join(folder, name) for name in names]
+        return paths, [os.stat(p).st_size for p in paths]
+
+    def size(self, key: str) -> int:
+        path = self.path(key)
+        if os.path.isdir(path):
+            return sum(self._parts(key)[1])
+        try:
+            return os.stat(path).st_size
         except FileNotFoundError as error:
             raise ObjectMissing(key) from error
 
     def exists(self, key: str) -> bool:
-        return os.path.exists(self.path(key))
+        path = self.path(key)
+        if os.path.isdir(path):
+            return os.path.exists(os.path.join(path, COMPOSITE_MARKER))
+        return os.path.exists(path)
+
+    def compose(self, source_keys: list[str], key: str) -> str:
+        folder = self.path(key)
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        try:
+            os.mkdir(folder)  # FileExistsError: never overwrite
+        except OSError as error:
+            if _full(error):
+                raise StorageFull(str(error)) from error
+            raise
+        try:
+            names = []
+            for number, source in enumerate(source_keys):
+                name = f"{number:08d}"
+                os.link(self.path(source), os.path.join(folder, name))
+                names.append(name)
+            tmp = os.path.join(folder, TMP_PREFIX + "marker")
+            with open(tmp, "x") as marker:
+                json.dump({"parts": names}, marker)
+                marker.flush()
+                if self.fsync:
+                    os.fsync(marker.fileno())
+            os.rename(tmp, os.path.join(folder, COMPOSITE_MARKER))
+            if self.fsync:
+                for target in (folder, os.path.dirname(folder)):
+                    dir_fd = os.open(target, os.O_RDONLY)
+                    try:
+                        os.fsync(dir_fd)
+                    finally:
+                        os.close(dir_fd)
+        except BaseException as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(error, OSError) and _full(error):
+                raise StorageFull(str(error)) from error
+            raise
+        return key
 
     def delete(self, key: str) -> None:
+        path = self.path(key)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            return
         try:
-            os.unlink(self.path(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
 
@@ -154,7 +274,15 @@ class LocalBackend:
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
         base = self.path(prefix.rstrip("/"))
-        for folder, _, files in os.walk(base):
+        for folder, subfolders, files in os.walk(base):
+            if COMPOSITE_MARKER in files:  # one composed object: list it, not its parts
+                subfolders.clear()
+                try:
+                    mtime = os.stat(os.path.join(folder, COMPOSITE_MARKER)).st_mtime
+                except FileNotFoundError:
+                    continue
+                yield os.path.relpath(folder, self.root).replace(os.sep, "/"), mtime
+                continue
             for name in files:
                 full = os.path.join(folder, name)
                 try:
