@@ -11,7 +11,7 @@ from app.schemas.files import BundleSchema, CloudFileSchema, ListQuerySchema, Po
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 
 
 def check_file_name(name: str) -> None:

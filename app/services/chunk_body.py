@@ -36,10 +36,18 @@ class _Collect(BaseTarget):
 class ChunkBody:
     def __init__(self, stream: BinaryIO, content_type: str, content_length: int | None, checksum: str | None):
         self.stream = stream
-        self.content_type = (content_type or "").lower()
+        self.content_type = content_type or ""  # as sent: a multipart boundary is case-sensitive
+        media_type = self.content_type.split(";", 1)[0].strip().lower()
         self.content_length = content_length
         self.checksum = checksum.strip().lower() if checksum else None
-        self.multipart = self.content_type.startswith("multipart/form-data")
+        self.multipart = media_type == "multipart/form-data"
+        self.supported = self.multipart or media_type in ("", "application/octet-stream")
+
+    def validate(self) -> None:
+        """Refuse a body we cannot read before anything is opened for it."""
+        if not self.supported:
+            raise BadRequest("Send the chunk as application/octet-stream or as the multipart field 'chunk'",
+                             code="UNSUPPORTED_CHUNK_ENCODING", status=415)
 
     @property
     def exact_length(self) -> int | None:
@@ -50,9 +58,7 @@ class ChunkBody:
         if self.multipart:
             yield from self._multipart()
             return
-        if self.content_type and not self.content_type.startswith("application/octet-stream"):
-            raise BadRequest("Send the chunk as application/octet-stream or as the multipart field 'chunk'",
-                             code="UNSUPPORTED_CHUNK_ENCODING", status=415)
+        self.validate()
         while True:
             data = self.stream.read(READ_SIZE)
             if not data:

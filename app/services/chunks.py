@@ -10,6 +10,7 @@ recorded for a task that was cancelled, expired or is being finalized.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import timedelta
 
@@ -27,14 +28,14 @@ from app.services.task_cache import TaskMeta, task_meta
 from app.storage import StorageFull, backend_for
 
 PROGRESS_STEPS = 20  # an event each 5 %
+DIGITS = re.compile(r"-?[0-9]{1,40}")
 
 
 def parse_index(raw: str, meta: TaskMeta) -> int:
-    try:
-        index = int(raw)
-    except ValueError as error:
+    if not DIGITS.fullmatch(raw):  # int() would also take '+1', '0_1', ' 1' and other scripts' digits
         raise BadRequest("The chunk index must be a whole number", code="CHUNK_INDEX_INVALID",
-                         details={"chunkIndex": raw[:40]}) from error
+                         details={"chunkIndex": raw[:40]})
+    index = int(raw)
     if not 0 <= index < meta.chunks_count:
         raise BadRequest(f"The chunk index must be between 0 and {meta.chunks_count - 1}",
                          code="CHUNK_INDEX_OUT_OF_RANGE",
@@ -91,6 +92,7 @@ def _size_error(index: int, expected: int, got: int):
 def receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: ChunkBody) -> dict:
     meta = task_meta(task_id, account_id)
     index = parse_index(raw_index, meta)
+    body.validate()
     task_pk = uuid.UUID(meta.id)
     task = db.session.get(UploadTask, task_pk)
     if not _accepting(task):
