@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from flask import request
+from flask import Response, request
 
 from app.errors import BadRequest
 
@@ -72,6 +72,8 @@ def response(schema_class, status: int = 200, description: str = "OK", many: boo
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             result = view(*args, **kwargs)
+            if isinstance(result, Response):  # another documented outcome, made by the view
+                return result
             headers = {}
             if isinstance(result, tuple):
                 result, headers = result

@@ -42,13 +42,16 @@ def download_file(file_id):
         "Cache-Control": "private, no-cache",
         "X-Content-Type-Options": "nosniff",
     }
-    if request.if_none_match.contains(etag):
+    if request.if_none_match.contains_weak(etag):  # RFC 9110 13.1.2: weak comparison
         return current_app.response_class(status=304, headers=headers)
     start, end, status = 0, size, 200
     ranges = request.range
-    if ranges is not None and (not request.if_range.etag or request.if_range.etag == etag):
+    # RFC 9110 14.2 and 13.1.5: a Range in another unit is ignored, and If-Range needs a
+    # strong match of our ETag (we give no Last-Modified, so a date never matches).
+    if_range = request.headers.get("If-Range")
+    if ranges is not None and ranges.units == "bytes" and if_range in (None, f'"{etag}"'):
         bounds = ranges.range_for_length(size)
-        if bounds is None or ranges.units != "bytes":
+        if bounds is None:
             raise ApiError("The requested range is not satisfiable", code="RANGE_NOT_SATISFIABLE",
                            status=416, headers={"Content-Range": f"bytes */{size}"})
         start, end = bounds

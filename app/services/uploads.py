@@ -204,7 +204,8 @@ def recent_tasks(account_id: uuid.UUID, limit: int) -> list[UploadTask]:
 
 def upload_stats(account_id: uuid.UUID) -> dict:
     """The seed's statistics. totalUploadedBytes counts stored chunks of every task (a
-    completed task counts its whole size); averageProgress is over all listed tasks."""
+    completed task counts its whole size); averageProgress is that of the tasks in progress
+    (0 when there are none), as in the original service."""
     rows = db.session.execute(
         sa.select(UploadTask.status, sa.func.count(),
                   sa.func.coalesce(sa.func.sum(UploadTask.bytes_uploaded), 0),
@@ -219,8 +220,10 @@ def upload_stats(account_id: uuid.UUID) -> dict:
         status = UploadStatus(status)
         counts[status] = count
         total_bytes += int(declared if status == UploadStatus.Completed else uploaded)
-        progress_sum += 100.0 * count if status == UploadStatus.Completed else float(progress)
+        if status == UploadStatus.InProgress:
+            progress_sum = float(progress)
     total = sum(counts.values())
+    in_progress = counts[UploadStatus.InProgress]
     return {
         "total_tasks": total,
         "in_progress_tasks": counts[UploadStatus.InProgress],
@@ -229,7 +232,7 @@ def upload_stats(account_id: uuid.UUID) -> dict:
         "expired_tasks": counts[UploadStatus.Expired],
         "cancelled_tasks": counts[UploadStatus.Cancelled],
         "total_uploaded_bytes": total_bytes,
-        "average_progress": round(progress_sum / total, 2) if total else 0.0,
+        "average_progress": round(progress_sum / in_progress, 2) if in_progress else 0.0,
         "recent_activity": recent_tasks(account_id, 5),
     }
 
