@@ -8,6 +8,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from app.api.decorators import SPEC_ATTR
+from app.schemas.base import camelcase
 
 _PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -33,8 +34,9 @@ def _operation(view, rule, method) -> dict:
         "summary": summary.strip(),
         "description": " ".join(description.split()),
         "operationId": f"{rule.endpoint.split('.')[-1]}",
-        "parameters": [{"in": "path", "name": name, "required": True, "schema": {"type": "string"}}
-                       for name in rule.arguments],
+        "parameters": [{"in": "path", "name": camelcase(name), "required": True,
+                        "schema": {"type": "integer", "minimum": 0} if name == "chunk_index" else {"type": "string"}}
+                       for name in sorted(rule.arguments)],
         "responses": {"default": {"description": "An error", "content": {"application/json": {"schema": ErrorSchema}}}},
     }
     if "query" in meta:
@@ -70,7 +72,7 @@ def build_spec(app, prefix: str = "/api") -> dict:
         if not rule.endpoint.startswith("api.") or not rule.rule.startswith("/api/"):
             continue
         view = app.view_functions[rule.endpoint]
-        path = _PARAM.sub(r"{\1}", rule.rule[len("/api"):])
+        path = _PARAM.sub(lambda m: "{" + camelcase(m.group(1)) + "}", rule.rule[len("/api"):])
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(view, rule, method)
     for path, operations in paths.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import click
+from flask.cli import AppGroup
 import sqlalchemy as sa
 
 from app.cli.common import account_uuid, parse_size
@@ -12,7 +13,7 @@ from app.services.pools import ensure_default_pool
 from app.storage import BACKENDS
 
 
-@click.group()
+@click.group(cls=AppGroup)
 def pools():
     """Storage pools."""
 

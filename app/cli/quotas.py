@@ -3,12 +3,13 @@ from __future__ import annotations
 import json
 
 import click
+from flask.cli import AppGroup
 
 from app.cli.common import account_uuid, parse_size
 from app.services import quotas as quota_service
 
 
-@click.group()
+@click.group(cls=AppGroup)
 def quotas():
     """Per-account storage quotas."""
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import click
+from flask.cli import AppGroup, with_appcontext
 from flask import current_app
 from rq import Worker
 from rq.cron import CronScheduler
@@ -18,6 +19,7 @@ from jobs.queues import QUEUE_NAMES, get_queue
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--name", help="Worker name.")
 @click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
@@ -30,6 +32,7 @@ def worker(burst, name, with_scheduler):
 
 
 @click.command("scheduler")
+@with_appcontext
 def scheduler():
     """Run the periodic jobs (upload cleanup every UPLOAD_CLEANUP_INTERVAL_MINUTES)."""
     cron = CronScheduler(connection=get_redis(), logging_level=current_app.config["LOG_LEVEL"].upper())
@@ -38,7 +41,7 @@ def scheduler():
     cron.start()
 
 
-@click.group("redis")
+@click.group("redis", cls=AppGroup)
 def redis_group():
     """The embedded Redis server (used when REDIS_URL is unset)."""
 
@@ -57,6 +60,7 @@ def redis_stop():
 
 
 @click.command("serve")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", 8000)), show_default="PORT or 8000")
 @click.option("--web-workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", 2)),

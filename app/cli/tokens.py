@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import click
+from flask.cli import AppGroup
 
 from app.auth import issue_token
 from app.cli.common import account_uuid
 
 
-@click.group()
+@click.group(cls=AppGroup)
 def tokens():
     """Access tokens."""
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 
 import click
+from flask.cli import AppGroup
 
 from app.services.cleanup import run_cleanup
 
 
-@click.group()
+@click.group(cls=AppGroup)
 def uploads():
     """Uploads."""
 

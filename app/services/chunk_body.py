@@ -54,6 +54,22 @@ class ChunkBody:
         """The chunk's length known before reading (raw bodies with Content-Length)."""
         return None if self.multipart else self.content_length
 
+    def discard_rest(self, limit: int) -> None:
+        """Read what is left of the body (up to `limit` bytes) so that an early answer does
+        not cost the client its keep-alive connection: gunicorn closes a connection whose
+        request body was left unread."""
+        if self.content_length is not None and self.content_length > limit:
+            return
+        remaining = limit
+        try:
+            while remaining > 0:
+                data = self.stream.read(min(READ_SIZE, remaining))
+                if not data:
+                    return
+                remaining -= len(data)
+        except Exception:  # noqa: BLE001 - a client gone or a broken body: nothing to keep alive
+            return
+
     def pieces(self) -> Iterator[bytes]:
         if self.multipart:
             yield from self._multipart()

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import BadRequest, Conflict, Gone, InsufficientStorage, NotFound, PayloadTooLarge
+from app.errors import ApiError, BadRequest, Conflict, Gone, InsufficientStorage, NotFound, PayloadTooLarge
 from app.events import iso, publish_event
 from app.extensions import db
 from app.models import Pool, UploadChunk, UploadStatus, UploadTask
@@ -28,6 +28,7 @@ from app.services.task_cache import TaskMeta, task_meta
 from app.storage import StorageFull, backend_for
 
 PROGRESS_STEPS = 20  # an event each 5 %
+DISCARD_SLACK = 1024 * 1024  # multipart framing around a chunk
 DIGITS = re.compile(r"-?[0-9]{1,40}")
 
 
@@ -90,6 +91,16 @@ def _size_error(index: int, expected: int, got: int):
 
 
 def receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: ChunkBody) -> dict:
+    """Store one chunk, or raise the error that says why not (having read the rest of the
+    body, so the connection stays usable for the client's next chunk)."""
+    try:
+        return _receive_chunk(account_id, task_id, raw_index, body)
+    except ApiError:
+        body.discard_rest(current_app.config["UPLOAD_MAX_CHUNK_SIZE"] + DISCARD_SLACK)
+        raise
+
+
+def _receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: ChunkBody) -> dict:
     meta = task_meta(task_id, account_id)
     index = parse_index(raw_index, meta)
     body.validate()

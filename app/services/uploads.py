@@ -56,7 +56,7 @@ def _chunk_size(requested: int | None, file_size: int, pool) -> int:
             f"chunkSize must be between {minimum} and {maximum} bytes",
             code="CHUNK_SIZE_INVALID", details={"chunkSize": requested, "min": minimum, "max": maximum},
         )
-    size = min(size, maximum, file_size)
+    size = min(max(size, minimum), maximum, file_size)  # a pool's default may be out of bounds
     if math.ceil(file_size / size) > MAX_CHUNKS:
         raise BadRequest(f"chunkSize too small: a file may have at most {MAX_CHUNKS} chunks",
                          code="CHUNK_SIZE_INVALID", details={"chunkSize": size, "maxChunks": MAX_CHUNKS})

@@ -259,7 +259,9 @@ class LocalBackend:
     def delete(self, key: str) -> None:
         path = self.path(key)
         if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
+            # only a composed object is a folder; a plain folder is no object to delete
+            if os.path.exists(os.path.join(path, COMPOSITE_MARKER)):
+                shutil.rmtree(path, ignore_errors=True)
             return
         try:
             os.unlink(path)
@@ -268,7 +270,7 @@ class LocalBackend:
 
     def delete_prefix(self, prefix: str) -> int:
         folder = self.path(prefix.rstrip("/"))
-        count = sum(len(files) for _, _, files in os.walk(folder))
+        count = sum(1 for _ in self.list_objects(prefix))
         shutil.rmtree(folder, ignore_errors=True)
         return count
 

@@ -1,8 +1,9 @@
 """The storage contract, run against every backend.
 
 `StorageContract` holds the tests every backend must pass; a backend joins by subclassing it
-with a `make_backend` (and saying whether its writers can concatenate server side). Checks that
-only make sense for one backend (files on disk, no temporary names left) sit in its subclass.
+with a `make_backend` and saying which optional abilities it has (`concatenating` writers,
+`composing`). Checks that only make sense for one backend (files on disk, no temporary names
+left) sit in its subclass.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 
 import pytest
 
-from app.storage import Concatenating, ObjectMissing
+from app.storage import Composing, Concatenating, ObjectMissing
 from app.storage.local import LocalBackend
 from tests.support import random_bytes
 
@@ -33,6 +34,7 @@ class StorageContract:
     """Every storage backend passes these."""
 
     concatenating = False
+    composing = False
 
     @pytest.fixture()
     def backend(self, tmp_path):
@@ -117,6 +119,19 @@ class StorageContract:
         store(backend, gone, b"again")
         assert read_all(backend, gone) == b"again"
 
+    def test_a_prefix_is_not_an_object(self, backend, prefix):
+        """A key under which other objects live is not itself an object: it does not exist, and
+        deleting it (a missing key) removes nothing."""
+        inner = store(backend, f"{prefix}/folder/inner", b"inner")
+        outer = f"{prefix}/folder"
+        assert backend.exists(outer) is False
+        with pytest.raises(ObjectMissing):
+            backend.size(outer)
+        with pytest.raises(ObjectMissing):
+            backend.open_read(outer)
+        backend.delete(outer)
+        assert backend.exists(inner) and read_all(backend, inner) == b"inner"
+
     def test_delete_prefix(self, backend, prefix):
         doomed = [store(backend, f"{prefix}/task/{i:08d}", bytes([i]) * 10) for i in range(5)]
         nested = store(backend, f"{prefix}/task/deeper/x", b"x")
@@ -157,6 +172,93 @@ class StorageContract:
         for key, part in zip(part_keys, parts):  # the sources are untouched
             assert read_all(backend, key) == part
 
+    # compose (optional) ---------------------------------------------------------------------
+    def parts(self, backend, prefix, sizes=(5, 0, 70_000, 1024 * 1024 + 3, 1)):
+        data = [random_bytes(size, seed=size + 100) for size in sizes]
+        return data, [store(backend, f"{prefix}/parts/{i:08d}", part) for i, part in enumerate(data)]
+
+    def test_compose(self, backend, prefix):
+        assert isinstance(backend, Composing) is self.composing
+        if not self.composing:  # the ability is optional; a backend without it says so above
+            return
+        data, keys = self.parts(backend, prefix)
+        whole, key = b"".join(data), f"{prefix}/whole"
+        assert backend.compose(keys, key) == key
+        assert backend.exists(key) and backend.size(key) == len(whole)
+        assert read_all(backend, key) == whole
+        for offset in (1, 4, 5, 6, 70_004, 70_005, 70_006, len(whole) - 1, len(whole)):
+            assert read_all(backend, key, offset) == whole[offset:], offset
+        # listed once, as one object, next to its sources
+        assert {k for k, _ in backend.list_objects(prefix)} == set(keys) | {key}
+        assert {k for k, _ in backend.list_objects(key)} == {key}
+        # the sources may go (finalize removes the chunks): the composed object stays whole
+        assert backend.delete_prefix(f"{prefix}/parts") == len(keys)
+        assert read_all(backend, key) == whole and backend.size(key) == len(whole)
+        backend.delete(key)
+        assert not backend.exists(key)
+        assert list(backend.list_objects(prefix)) == []
+
+    def test_composed_object_reads_in_pieces(self, backend, prefix):
+        if not self.composing:
+            assert not isinstance(backend, Composing)
+            return
+        data, keys = self.parts(backend, prefix, sizes=(3, 10, 0, 7, 65_536, 2))
+        whole = b"".join(data)
+        key = backend.compose(keys, f"{prefix}/whole")
+        for piece in (1, 4, 9, 4096, 100_000):
+            got = bytearray()
+            with backend.open_read(key, 2) as handle:
+                while block := handle.read(piece):
+                    got += block
+            assert bytes(got) == whole[2:], piece
+        buffer = bytearray(5000)  # as finalize reads: readinto a reused buffer
+        got = bytearray()
+        with backend.open_read(key) as handle:
+            while count := handle.readinto(buffer):
+                got += buffer[:count]
+        assert bytes(got) == whole
+
+    def test_compose_never_overwrites(self, backend, prefix):
+        if not self.composing:
+            assert not isinstance(backend, Composing)
+            return
+        _, keys = self.parts(backend, prefix, sizes=(10, 20))
+        plain = store(backend, f"{prefix}/plain", b"plain")
+        with pytest.raises(Exception):  # noqa: B017 - the type is the backend's; the outcome is what counts
+            backend.compose(keys, plain)
+        assert read_all(backend, plain) == b"plain"
+        composed = backend.compose(keys[:1], f"{prefix}/composed")
+        with pytest.raises(Exception):  # noqa: B017
+            backend.compose(keys, composed)
+        assert backend.size(composed) == 10
+        assert {k for k, _ in backend.list_objects(prefix)} == set(keys) | {plain, composed}
+
+    def test_compose_is_all_or_nothing(self, backend, prefix):
+        if not self.composing:
+            assert not isinstance(backend, Composing)
+            return
+        _, keys = self.parts(backend, prefix, sizes=(10, 20))
+        key = f"{prefix}/whole"
+        with pytest.raises(Exception):  # noqa: B017
+            backend.compose([keys[0], f"{prefix}/parts/missing", keys[1]], key)
+        assert not backend.exists(key)
+        with pytest.raises(ObjectMissing):
+            backend.open_read(key)
+        assert {k for k, _ in backend.list_objects(prefix)} == set(keys)
+        # and the key is still free
+        assert read_all(backend, backend.compose(keys, key)) == read_all(backend, keys[0]) + read_all(backend, keys[1])
+
+    def test_delete_prefix_counts_a_composed_object_once(self, backend, prefix):
+        if not self.composing:
+            assert not isinstance(backend, Composing)
+            return
+        _, keys = self.parts(backend, prefix, sizes=(10, 20, 30))
+        backend.compose(keys, f"{prefix}/files/whole")
+        store(backend, f"{prefix}/files/plain", b"x")
+        assert len(list(backend.list_objects(f"{prefix}/files"))) == 2
+        assert backend.delete_prefix(f"{prefix}/files") == 2
+        assert list(backend.list_objects(f"{prefix}/files")) == []
+
     @pytest.mark.parametrize("key", INVALID_KEYS)
     def test_invalid_keys_are_refused(self, backend, key):
         with pytest.raises(ValueError):
@@ -169,6 +271,14 @@ class StorageContract:
             backend.size(key)
         with pytest.raises(ValueError):
             backend.delete(key)
+        if self.composing:
+            source = store(backend, f"contract-{uuid.uuid4().hex[:12]}/source", b"s")
+            with pytest.raises(ValueError):
+                backend.compose([source], key)
+            target = f"contract-{uuid.uuid4().hex[:12]}/target"
+            with pytest.raises(ValueError):
+                backend.compose([source, key], target)
+            assert not backend.exists(target)
 
     @pytest.mark.parametrize("prefix_value", ["..", "../", "/", "/etc", "a//b"])
     def test_invalid_prefixes_are_refused(self, backend, prefix_value):
@@ -180,6 +290,7 @@ class StorageContract:
 
 class TestLocalBackend(StorageContract):
     concatenating = True
+    composing = True
 
     def make_backend(self, tmp_path):
         return LocalBackend(str(tmp_path / "root"), fsync=True)
