@@ -306,3 +306,34 @@ def test_uploads_cleanup(app_context, runner, make_api):
     assert task_id not in again["expiredTasks"]
     assert not any(entry.endswith(":" + key) for key in orphans for entry in again["orphanedObjects"])
     backend.delete(young)
+
+
+def test_preferred_remote_names_the_default_pool(app, settings):
+    """With STORAGE_PREFERRED_REMOTE set, `pools ensure-default` creates the pool with that
+    id, and creates without a poolId go to it."""
+    import uuid as uuid_module
+
+    from app import create_app
+    from app.models import Pool
+    from app.extensions import db
+    from config import Config
+
+    preferred = str(uuid_module.uuid4())
+    other = create_app(Config.from_env(settings, STORAGE_PREFERRED_REMOTE=preferred))
+    result = other.test_cli_runner().invoke(args=["pools", "ensure-default"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == preferred
+    with other.app_context():
+        pool = db.session.get(Pool, uuid_module.UUID(preferred))
+        assert pool is not None and pool.backend == "local"
+    account = uuid_module.uuid4()
+    from app.auth import issue_token
+
+    token = issue_token(account, app=other)
+    created = other.test_client().post("/api/files/upload/create", headers={"Authorization": f"Bearer {token}"},
+                                       json={"fileName": "a.bin", "fileSize": 10, "contentType": "application/octet-stream",
+                                             "hash": "0" * 64})
+    assert created.status_code == 200, created.get_json()
+    details = other.test_client().get(f"/api/files/upload/tasks/{created.get_json()['taskId']}/details",
+                                      headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert details["poolId"] == preferred
