@@ -56,6 +56,8 @@ def list_pools(as_json):
             "allowEncryption": p.allow_encryption, "defaultChunkSize": p.default_chunk_size,
         } for p in rows], indent=2))
         return
+    if not rows:
+        click.echo("no pools yet: `flask pools ensure-default` or `flask pools create NAME`")
     for p in rows:
         click.echo(f"{p.id}  {p.name:<16} {p.backend:<6} max={p.max_file_size or '-'} "
                    f"types={','.join(p.accepted_types) or '*'} encryption={'yes' if p.allow_encryption else 'no'}"
