@@ -15,9 +15,12 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.path.abspath(config.INSTANCE_PATH or "instance"),
                 instance_relative_config=False)
     app.config.update(config.to_flask(app.instance_path))
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": app.config["LIVE_PING_INTERVAL_SECONDS"],
+                                         "max_message_size": 64 * 1024}
     os.makedirs(app.config["INSTANCE_PATH"], exist_ok=True)
     logging.basicConfig(level=app.config["LOG_LEVEL"].upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from app.database import configure_engine
     from app.errors import register_error_handlers
@@ -54,10 +57,14 @@ def register_blueprints(app: Flask) -> None:
 
     from app.api import api
     from app.api.health import health
+    from app.live.routes import live
 
     app.register_blueprint(api, url_prefix="/api")
     app.register_blueprint(api, url_prefix="/drive", name="drive")
     app.register_blueprint(health)
+    app.register_blueprint(live)
+    app.register_blueprint(live, url_prefix="/api", name="api_live")
+    app.register_blueprint(live, url_prefix="/drive", name="drive_live")
     assets = Blueprint("swagger_assets", __name__, static_folder=os.path.join(
         os.path.dirname(flask_swagger_ui.__file__), "dist"), static_url_path="/api/docs/assets")
     app.register_blueprint(assets)

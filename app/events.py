@@ -1,7 +1,8 @@
 """Publishing live events, per account, into Redis.
 
 Each event gets an id that increases per account, is appended to the account's stream
-(`drive:events:{account}`, the last EVENT_HISTORY entries, for replay after a reconnect) and
+(`drive:events:{account}`: the last EVENT_HISTORY entries of at most the last 24 hours, for
+replay after a reconnect) and
 is announced on the account's channel for relays that listen live. One Lua script does all
 three, so ids and stream order never disagree. Callers publish only after their transaction
 committed (invariant 4); a failure to publish is logged and never undoes the change.
@@ -20,10 +21,16 @@ log = logging.getLogger(__name__)
 
 EVENT_HISTORY = 1000
 
+EVENT_HISTORY_MS = 24 * 3600 * 1000  # and at most a day of them
+
 _PUBLISH = """
 local id = redis.call('INCR', KEYS[1])
 local packet = '{"id":' .. id .. ',"type":' .. cjson.encode(ARGV[1]) .. ',"data":' .. ARGV[2] .. '}'
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'packet', packet)
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+redis.call('XTRIM', KEYS[2], 'MINID', oldest)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], packet)
 return id
 """
@@ -55,7 +62,8 @@ def publish_event(account_id, event_type: str, data: dict, redis=None) -> int | 
     redis = redis or get_redis()
     try:
         return int(_script(redis)(keys=keys_for(account_id),
-                          args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY]))
+                          args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY,
+                                EVENT_HISTORY_MS]))
     except RedisError:
         log.warning("could not publish %s for account %s", event_type, account_id, exc_info=True)
         return None
