@@ -63,8 +63,9 @@ def _not_open(task: UploadTask | None, task_id: str):
         return Gone("The upload has expired", code="UPLOAD_EXPIRED", details={"taskId": task_id})
     if task.status == UploadStatus.InProgress and task.finalize_requested_at is not None:
         return Conflict("The upload is being finalized", code="UPLOAD_FINALIZING", details={"taskId": task_id})
-    return Conflict(f"The upload is {task.status_name}", code="UPLOAD_NOT_IN_PROGRESS",
-                    details={"taskId": task_id, "status": task.status_name})
+    status = UploadStatus(task.status).name
+    return Conflict(f"The upload is {status}", code="UPLOAD_NOT_IN_PROGRESS",
+                    details={"taskId": task_id, "status": status})
 
 
 def _is_stale(task: UploadTask) -> bool:
@@ -105,14 +106,22 @@ def _receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: Ch
     index = parse_index(raw_index, meta)
     body.validate()
     task_pk = uuid.UUID(meta.id)
-    task = db.session.get(UploadTask, task_pk)
-    if not _accepting(task):
-        raise _not_open(task, task_id)
-    existing = _existing_chunk(task_pk, index)
-    if existing is not None:
-        raise _already(existing, task_id)
-    pool = db.session.get(Pool, task.pool_id)
+    # One query for everything checked before the body is read: the task's state, its
+    # pool, and whether this chunk is stored already.
+    state = db.session.execute(
+        sa.select(UploadTask.status, UploadTask.deleted_at, UploadTask.finalize_requested_at,
+                  UploadTask.expired_at, UploadTask.last_activity, Pool.backend, Pool.config,
+                  UploadChunk.chunk_index, UploadChunk.size, UploadChunk.sha256)
+        .join(Pool, Pool.id == UploadTask.pool_id)
+        .outerjoin(UploadChunk, sa.and_(UploadChunk.task_id == UploadTask.id, UploadChunk.chunk_index == index))
+        .where(UploadTask.id == task_pk)
+    ).one_or_none()
     db.session.rollback()  # hold no transaction (or SQLite lock) while the body streams
+    if not _accepting(state):
+        raise _not_open(state, task_id)
+    if state.chunk_index is not None:
+        raise _already(state, task_id)
+    pool = state  # backend and config are all the storage needs
 
     expected = meta.expected_chunk_size(index)
     if body.exact_length is not None and body.exact_length != expected:
@@ -168,9 +177,8 @@ def _closed_meanwhile(task_pk, task_id):
 def _record(task_pk, task_id, index, size, sha256, key, backend) -> dict:
     now = utcnow()
     try:
-        db.session.add(UploadChunk(task_id=task_pk, chunk_index=index, size=size, sha256=sha256,
-                                   storage_key=key, created_at=now))
-        db.session.flush()
+        db.session.execute(sa.insert(UploadChunk).values(
+            task_id=task_pk, chunk_index=index, size=size, sha256=sha256, storage_key=key, created_at=now))
         row = db.session.execute(
             sa.update(UploadTask)
             .where(UploadTask.id == task_pk, UploadTask.status == UploadStatus.InProgress,
