@@ -53,7 +53,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".venv", "bin")
@@ -64,6 +63,13 @@ GUNICORN = os.path.join(BIN, "gunicorn") if os.path.exists(os.path.join(BIN, "gu
 RECEIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discard_receiver.py")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from tests.support import (  # noqa: E402 - shared with the tests: claiming a schema and a Redis db
+    claim_redis_db,
+    create_postgres_schema,
+    drop_postgres_schema,
+    release_redis_db,
+)
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
 MB = 10 ** 6
@@ -607,57 +613,6 @@ def curl_upload(path: str, port: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # the service
 
-def _redis_claim(base_url: str) -> str:
-    """A database number of the shared server that no test session holds (as tests/conftest.py)."""
-    from redis import Redis  # noqa: PLC0415
-
-    admin = Redis.from_url(base_url)
-    for number in range(1, 16):
-        if admin.set(f"drive:test-db-claim:{number}", f"bench-{os.getpid()}", nx=True, ex=3 * 3600):
-            url = base_url.rstrip("/")
-            head, _, tail = url.rpartition("/")
-            url = f"{head}/{number}" if tail.isdigit() and head.count("/") >= 2 else f"{url}/{number}"
-            Redis.from_url(url).flushdb()
-            return url
-    raise BenchError("no free Redis database number on REDIS_URL (1..15 are all claimed)")
-
-
-def _redis_release(base_url: str, url: str) -> None:
-    from redis import Redis  # noqa: PLC0415
-
-    number = url.rsplit("/", 1)[1]
-    Redis.from_url(url).flushdb()
-    Redis.from_url(base_url).delete(f"drive:test-db-claim:{number}")
-
-
-def _pg_engine(base_url: str):
-    import sqlalchemy as sa  # noqa: PLC0415
-
-    from config import Config  # noqa: PLC0415
-
-    return sa.create_engine(Config(DATABASE_URL=base_url).to_flask("/tmp")["DATABASE_URL"])
-
-
-def _pg_create_schema(base_url: str, schema: str) -> str:
-    import sqlalchemy as sa  # noqa: PLC0415
-
-    engine = _pg_engine(base_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    sep = "&" if "?" in base_url else "?"
-    return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
-def _pg_drop_schema(base_url: str, schema: str) -> None:
-    import sqlalchemy as sa  # noqa: PLC0415
-
-    engine = _pg_engine(base_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
-
-
 class Service:
     """The real processes in a temp instance; every start registers its own undo on `stack`."""
 
@@ -694,8 +649,8 @@ class Service:
         base_db = os.environ.get("DATABASE_URL")
         if base_db:
             schema = "bench_" + secrets.token_hex(6)
-            settings["DATABASE_URL"] = _pg_create_schema(base_db, schema)
-            self.stack.callback(_pg_drop_schema, base_db, schema)
+            settings["DATABASE_URL"] = create_postgres_schema(base_db, schema)
+            self.stack.callback(drop_postgres_schema, base_db, schema)
             self.database_label = f"PostgreSQL {re.sub(r'//[^@/]*@', '//', base_db)}, fresh schema {schema}"
         else:
             path = os.path.join(self.folder, "drive.sqlite3")
@@ -703,8 +658,8 @@ class Service:
             self.database_label = f"SQLite {path} (fresh)"
         base_redis = os.environ.get("REDIS_URL")
         if base_redis:
-            url = _redis_claim(base_redis)
-            self.stack.callback(_redis_release, base_redis, url)
+            url = claim_redis_db(base_redis, f"bench-{os.getpid()}")
+            self.stack.callback(release_redis_db, base_redis, url)
             settings["REDIS_URL"] = url
             self.redis_label = f"{url} (claimed database of REDIS_URL, flushed)"
         else:

@@ -12,51 +12,22 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from urllib.parse import quote
 
 import pytest
-import sqlalchemy as sa
-from redis import Redis
-
 from config import Config
-from tests.support import ApiClient, ROOT, flask_command, free_port, start_process
+from tests.support import (
+    ROOT,
+    ApiClient,
+    claim_redis_db,
+    create_postgres_schema,
+    drop_postgres_schema,
+    flask_command,
+    free_port,
+    release_redis_db,
+    start_process,
+)
 
 JWT_SECRET = "test-secret-" + secrets.token_hex(24)
-
-
-def _postgres_schema_url(base_url: str, schema: str) -> str:
-    engine = sa.create_engine(Config(DATABASE_URL=base_url).to_flask("/tmp")["DATABASE_URL"])
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    sep = "&" if "?" in base_url else "?"
-    return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
-def _drop_postgres_schema(base_url: str, schema: str) -> None:
-    engine = sa.create_engine(Config(DATABASE_URL=base_url).to_flask("/tmp")["DATABASE_URL"])
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
-
-
-def _claim_redis_db(base_url: str) -> str:
-    """A database number of the shared server that no other test session holds."""
-    admin = Redis.from_url(base_url)
-    for number in range(1, 16):
-        if admin.set(f"drive:test-db-claim:{number}", os.getpid(), nx=True, ex=3 * 3600):
-            url = base_url.rstrip("/")
-            head, _, tail = url.rpartition("/")
-            url = f"{head}/{number}" if tail.isdigit() and head.count("/") >= 2 else f"{url}/{number}"
-            Redis.from_url(url).flushdb()
-            return url
-    raise RuntimeError("no free Redis database number for tests")
-
-
-def _release_redis_db(base_url: str, url: str) -> None:
-    number = url.rsplit("/", 1)[1]
-    Redis.from_url(url).flushdb()
-    Redis.from_url(base_url).delete(f"drive:test-db-claim:{number}")
 
 
 @pytest.fixture(scope="session")
@@ -78,18 +49,18 @@ def settings(tmp_path_factory):
     schema = None
     if database_url:
         schema = "t_" + secrets.token_hex(6)
-        env["DATABASE_URL"] = _postgres_schema_url(database_url, schema)
+        env["DATABASE_URL"] = create_postgres_schema(database_url, schema)
     else:
         env["DATABASE_URL"] = "sqlite:///" + str(base / "drive.sqlite3")
     redis_base = os.environ.get("REDIS_URL")
-    env["REDIS_URL"] = _claim_redis_db(redis_base) if redis_base else ensure_embedded_redis(instance)
+    env["REDIS_URL"] = claim_redis_db(redis_base, f"tests-{os.getpid()}") if redis_base else ensure_embedded_redis(instance)
     yield env
     if redis_base:
-        _release_redis_db(redis_base, env["REDIS_URL"])
+        release_redis_db(redis_base, env["REDIS_URL"])
     else:
         stop_embedded_redis(instance)
     if schema:
-        _drop_postgres_schema(database_url, schema)
+        drop_postgres_schema(database_url, schema)
 
 
 @pytest.fixture(scope="session")

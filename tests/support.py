@@ -11,10 +11,61 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
+ENVELOPE_KEYS = {"code", "message", "status", "details"}
+
+
+def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
+    """The one error envelope, with `status` and `code` (and `field` among the invalid fields)."""
+    payload = response.get_json()
+    assert response.status_code == status, payload
+    assert payload is not None and set(payload) == ENVELOPE_KEYS, payload
+    assert payload["status"] == status and payload["code"] == code, payload
+    assert isinstance(payload["message"], str) and payload["message"]
+    assert isinstance(payload["details"], dict)
+    if field is not None:
+        assert field in payload["details"]["fields"], payload
+    return payload
+
+
+@contextmanager
+def database(app):
+    """A short app context for rows; its transaction ends before any request is made."""
+    from app.extensions import db  # noqa: PLC0415
+
+    with app.app_context():
+        try:
+            yield db.session
+        finally:
+            db.session.rollback()
+
+
+def quota_usage(app, account_id) -> dict:
+    from app.services import quotas  # noqa: PLC0415
+
+    with database(app):
+        return quotas.usage(account_id)
+
+
+def create_task(api, data: bytes, **fields) -> dict:
+    """Create an upload task for `data` and return the create response's body."""
+    created = api.create(data, **fields)
+    assert created.status_code == 200, created.get_json()
+    body = created.get_json()
+    assert body["fileExists"] is False, body
+    return body
+
+
+def send_chunks(api, task: dict, data: bytes, indices=None) -> None:
+    """Send the chunks of `data` (all, or those of `indices`) to a created task."""
+    size = task["chunkSize"]
+    for index in range(task["chunksCount"]) if indices is None else indices:
+        sent = api.send_chunk(task["taskId"], index, data[index * size:(index + 1) * size])
+        assert sent.status_code == 200, sent.get_json()
 
 
 def sha256(data: bytes) -> str:
@@ -183,3 +234,58 @@ def start_process(args, env, log_path, ready_marker: str, timeout: float = 60.0)
 
 def flask_command(*args) -> list[str]:
     return [sys.executable, "-m", "flask", "--app", "wsgi", *args]
+
+
+# shared servers: a schema of one PostgreSQL database, a database number of one Redis -----
+def _engine(base_url: str):
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    from config import Config  # noqa: PLC0415
+
+    return sa.create_engine(Config(DATABASE_URL=base_url).to_flask("/tmp")["DATABASE_URL"])
+
+
+def create_postgres_schema(base_url: str, schema: str) -> str:
+    """Create `schema` in the database of `base_url`; the URL whose connections use it."""
+    import sqlalchemy as sa  # noqa: PLC0415
+    from urllib.parse import quote  # noqa: PLC0415
+
+    engine = _engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    sep = "&" if "?" in base_url else "?"
+    return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+def drop_postgres_schema(base_url: str, schema: str) -> None:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    engine = _engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def claim_redis_db(base_url: str, owner: str) -> str:
+    """A database number of the server at `base_url` that no other test session or benchmark
+    holds, flushed; its URL."""
+    from redis import Redis  # noqa: PLC0415
+
+    admin = Redis.from_url(base_url)
+    for number in range(1, 16):
+        if admin.set(f"drive:test-db-claim:{number}", owner, nx=True, ex=3 * 3600):
+            url = base_url.rstrip("/")
+            head, _, tail = url.rpartition("/")
+            url = f"{head}/{number}" if tail.isdigit() and head.count("/") >= 2 else f"{url}/{number}"
+            Redis.from_url(url).flushdb()
+            return url
+    raise RuntimeError("no free Redis database number (1..15 are all claimed)")
+
+
+def release_redis_db(base_url: str, url: str) -> None:
+    from redis import Redis  # noqa: PLC0415
+
+    number = url.rsplit("/", 1)[1]
+    Redis.from_url(url).flushdb()
+    Redis.from_url(base_url).delete(f"drive:test-db-claim:{number}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from contextlib import contextmanager
 from datetime import timedelta
 from urllib.parse import unquote
 
@@ -13,7 +12,8 @@ import sqlalchemy as sa
 from werkzeug.http import parse_options_header
 
 from app.extensions import db
-from tests.support import MIB, ApiClient, random_bytes, sha256
+
+from tests.support import MIB, ApiClient, assert_error, database, quota_usage, random_bytes, sha256
 
 FILE_FIELDS = {
     "id", "name", "description", "mimeType", "size", "hash", "fileMeta", "userMeta", "isEncrypted",
@@ -25,23 +25,6 @@ POOL_FIELDS = {"id", "name", "description", "backend", "isPrivate", "maxFileSize
 
 
 # helpers ---------------------------------------------------------------------------------
-@contextmanager
-def database(app):
-    """A short app context for rows; its transaction ends before any request is made."""
-    with app.app_context():
-        try:
-            yield db.session
-        finally:
-            db.session.rollback()
-
-
-def quota_usage(app, account_id) -> dict:
-    from app.services import quotas  # noqa: PLC0415
-
-    with database(app):
-        return quotas.usage(account_id)
-
-
 def storage_key(app, file_id: str) -> str:
     from app.models import CloudFile  # noqa: PLC0415
 
@@ -59,14 +42,6 @@ def object_exists(app, key: str) -> bool:
     on_disk = os.path.lexists(os.path.join(app.config["STORAGE_UPLOADS_PATH"], *key.split("/")))
     assert held == on_disk, (key, held, on_disk)
     return held
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert set(body) == {"code", "message", "status", "details"}, body
-    assert body["code"] == code and body["status"] == status, body
-    return body
 
 
 def uploaded(api, data: bytes, **fields) -> dict:

@@ -23,25 +23,15 @@ from app.extensions import db
 from app.models import Pool, UploadChunk, UploadStatus, UploadTask
 from app.models.types import utcnow
 from app.storage import backend_for
-from tests.support import MIB, ApiClient, EventListener, random_bytes, sha256
 
-ENVELOPE_KEYS = {"code", "message", "status", "details"}
+from tests.support import MIB, ApiClient, EventListener, assert_error, random_bytes, sha256
+
 RECEIPT_KEYS = {"taskId", "chunkIndex", "size", "sha256", "chunksUploaded", "chunksCount", "progress"}
 PROGRESS_KEYS = {"taskId", "fileName", "fileSize", "chunksUploaded", "chunksTotal", "progress", "status",
                  "lastActivity"}
 
 
 # helpers -----------------------------------------------------------------------------------
-def assert_error(response, status: int, code: str) -> dict:
-    payload = response.get_json()
-    assert response.status_code == status, payload
-    assert payload is not None and set(payload) == ENVELOPE_KEYS, payload
-    assert payload["status"] == status and payload["code"] == code, payload
-    assert isinstance(payload["message"], str) and payload["message"]
-    assert isinstance(payload["details"], dict)
-    return payload
-
-
 def new_task(api, size: int, chunk_size: int = MIB, name: str = "file.bin") -> tuple[str, bytes]:
     """Create a task for `size` random bytes; (taskId, the bytes)."""
     data = random_bytes(size)

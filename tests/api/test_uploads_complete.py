@@ -7,13 +7,13 @@ import json
 import os
 import random
 import threading
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
 from app.extensions import db
-from tests.support import MIB, ApiClient, EventListener, random_bytes, sha256
+
+from tests.support import MIB, ApiClient, EventListener, assert_error, create_task, database, quota_usage, random_bytes, send_chunks, sha256
 
 FILE_FIELDS = {
     "id", "name", "description", "mimeType", "size", "hash", "fileMeta", "userMeta", "isEncrypted",
@@ -24,17 +24,6 @@ SECRET_FIELDS = {"encryption", "storageKey", "storage_key", "storedSize", "confi
 
 
 # helpers ---------------------------------------------------------------------------------
-@contextmanager
-def database(app):
-    """A short app context for reading rows; its transaction ends before any request is made
-    (SQLite takes the write lock at BEGIN)."""
-    with app.app_context():
-        try:
-            yield db.session
-        finally:
-            db.session.rollback()
-
-
 def file_rows(app, account_id) -> list[dict]:
     """The account's rows of `files` (deleted ones too), as plain dicts."""
     from app.models import CloudFile  # noqa: PLC0415
@@ -44,13 +33,6 @@ def file_rows(app, account_id) -> list[dict]:
                                .order_by(CloudFile.created_at))
         return [{"id": str(r.id), "storage_key": r.storage_key, "encryption": r.encryption,
                  "deleted_at": r.deleted_at} for r in rows]
-
-
-def quota_usage(app, account_id) -> dict:
-    from app.services import quotas  # noqa: PLC0415
-
-    with database(app):
-        return quotas.usage(account_id)
 
 
 def stored_objects(app, prefix: str) -> set[str]:
@@ -94,21 +76,6 @@ def stored_events(app, account_id) -> list[dict]:
         return read_events(account_id)
 
 
-def create_task(api, data: bytes, **fields) -> dict:
-    created = api.create(data, **fields)
-    assert created.status_code == 200, created.get_json()
-    body = created.get_json()
-    assert body["fileExists"] is False, body
-    return body
-
-
-def send_chunks(api, task: dict, data: bytes, indices=None) -> None:
-    size = task["chunkSize"]
-    for index in range(task["chunksCount"]) if indices is None else indices:
-        sent = api.send_chunk(task["taskId"], index, data[index * size:(index + 1) * size])
-        assert sent.status_code == 200, sent.get_json()
-
-
 def assert_utc(value: str) -> datetime:
     assert isinstance(value, str) and value.endswith("Z"), value
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -121,14 +88,6 @@ def assert_file_shape(file: dict) -> None:
     assert not SECRET_FIELDS & set(file)
     for name in ("uploadedAt", "createdAt", "updatedAt"):
         assert_utc(file[name])
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert set(body) == {"code", "message", "status", "details"}, body
-    assert body["code"] == code and body["status"] == status, body
-    return body
 
 
 # the happy path --------------------------------------------------------------------------

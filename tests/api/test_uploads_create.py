@@ -16,11 +16,11 @@ from app.extensions import db
 from app.models import Pool, UploadStatus, UploadTask
 from app.services import quotas
 from app.services.pools import ensure_default_pool
-from tests.support import MIB, random_bytes, sha256
+
+from tests.support import MIB, assert_error, random_bytes, sha256
 
 CREATE = "/files/upload/create"
 HASH = "ab" * 32
-ENVELOPE_KEYS = {"code", "message", "status", "details"}
 CREATED_KEYS = {"fileExists", "taskId", "chunkSize", "chunksCount"}
 
 
@@ -30,19 +30,6 @@ def body(**fields) -> dict:
     data = {"fileName": "movie.mp4", "fileSize": 12 * MIB, "contentType": "video/mp4", "hash": HASH}
     data.update(fields)
     return data
-
-
-def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
-    """The one error envelope, with `status` and `code` (and `field` among the invalid fields)."""
-    payload = response.get_json()
-    assert response.status_code == status, payload
-    assert payload is not None and set(payload) == ENVELOPE_KEYS, payload
-    assert payload["status"] == status and payload["code"] == code, payload
-    assert isinstance(payload["message"], str) and payload["message"]
-    assert isinstance(payload["details"], dict)
-    if field is not None:
-        assert field in payload["details"]["fields"], payload
-    return payload
 
 
 def task_row(app, task_id: str) -> dict | None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from tests.support import MIB, ApiClient, random_bytes, sha256
+
+from tests.support import MIB, ApiClient, assert_error, create_task, database, quota_usage, random_bytes, send_chunks, sha256
 
 TASK_FIELDS = {
     "taskId", "fileName", "fileSize", "contentType", "chunkSize", "chunksCount", "chunksUploaded",
@@ -23,23 +23,6 @@ PROGRESS_FIELDS = {"taskId", "fileName", "fileSize", "chunksUploaded", "chunksTo
 
 
 # helpers ---------------------------------------------------------------------------------
-@contextmanager
-def database(app):
-    """A short app context for rows; its transaction ends before any request is made."""
-    with app.app_context():
-        try:
-            yield db.session
-        finally:
-            db.session.rollback()
-
-
-def quota_usage(app, account_id) -> dict:
-    from app.services import quotas  # noqa: PLC0415
-
-    with database(app):
-        return quotas.usage(account_id)
-
-
 def stored_objects(app, prefix: str) -> set[str]:
     root = app.config["STORAGE_UPLOADS_PATH"]
     found = set()
@@ -56,32 +39,9 @@ def stored_events(app, account_id) -> list[dict]:
         return read_events(account_id)
 
 
-def assert_error(response, status: int, code: str) -> dict:
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert set(body) == {"code", "message", "status", "details"}, body
-    assert body["code"] == code and body["status"] == status, body
-    return body
-
-
 def utc(value: str) -> datetime:
     assert isinstance(value, str) and value.endswith("Z"), value
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def create_task(api, data: bytes, **fields) -> dict:
-    created = api.create(data, **fields)
-    assert created.status_code == 200, created.get_json()
-    body = created.get_json()
-    assert body["fileExists"] is False, body
-    return body
-
-
-def send_chunks(api, task: dict, data: bytes, indices=None) -> None:
-    size = task["chunkSize"]
-    for index in range(task["chunksCount"]) if indices is None else indices:
-        sent = api.send_chunk(task["taskId"], index, data[index * size:(index + 1) * size])
-        assert sent.status_code == 200, sent.get_json()
 
 
 def completed_task(api, data: bytes, **fields) -> tuple[str, dict]:
