@@ -49,6 +49,11 @@ class Config:
     LIVE_IDLE_CHECK_SECONDS: int = 2       # how soon a socket thread notices its client left
     LIVE_AUTH_TIMEOUT_SECONDS: int = 10    # to send the first auth message
     QUOTA_DEFAULT_BYTES: int = 0           # 0: no limit for accounts without a quota row
+    VAPID_PRIVATE_KEY: str = ""            # PEM or base64url raw P-256 key; empty: Web Push disabled
+    VAPID_PUBLIC_KEY: str = ""             # optional: checked against the private key's public half
+    VAPID_SUBJECT: str = "mailto:admin@localhost"  # VAPID `sub`: how push services reach the operator
+    PUSH_TTL_SECONDS: int = 86400          # how long a push service keeps a message for an offline browser
+    PUSH_ALLOW_INSECURE_ENDPOINTS: bool = False  # accept http://127.0.0.1 / localhost endpoints (tests)
     LOG_LEVEL: str = "INFO"
     TESTING: bool = False
     extra: dict = field(default_factory=dict)

@@ -6,6 +6,8 @@ replay after a reconnect) and
 is announced on the account's channel for relays that listen live. One Lua script does all
 three, so ids and stream order never disagree. Callers publish only after their transaction
 committed (invariant 4); a failure to publish is logged and never undoes the change.
+A published `upload.completed`, `upload.failed`, `task.completed` or `task.failed` is also
+handed to Web Push (app/services/push.py enqueues jobs/push.py); that too never fails a publish.
 """
 from __future__ import annotations
 
@@ -61,12 +63,26 @@ def publish_event(account_id, event_type: str, data: dict, redis=None) -> int | 
     """Publish `{"id", "type", "data"}` to the account; returns the id, None if Redis failed."""
     redis = redis or get_redis()
     try:
-        return int(_script(redis)(keys=keys_for(account_id),
-                          args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY,
-                                EVENT_HISTORY_MS]))
+        event_id = int(_script(redis)(keys=keys_for(account_id),
+                              args=[event_type, json.dumps(data, separators=(",", ":")), EVENT_HISTORY,
+                                    EVENT_HISTORY_MS]))
     except RedisError:
         log.warning("could not publish %s for account %s", event_type, account_id, exc_info=True)
         return None
+    _push(account_id, {"id": event_id, "type": event_type, "data": data})
+    return event_id
+
+
+def _push(account_id, packet: dict) -> None:
+    """Hand the event to Web Push (app/services/push.py decides which types and enqueues the
+    job). A failure here is logged and never undoes or fails the publish."""
+    try:
+        from app.services.push import after_publish  # noqa: PLC0415 - services import this module
+
+        after_publish(account_id, packet)
+    except Exception:  # noqa: BLE001
+        log.warning("could not enqueue the web push of %s #%s for account %s", packet["type"], packet["id"],
+                    account_id, exc_info=True)
 
 
 def read_events(account_id, since: int = 0, redis=None) -> list[dict]:

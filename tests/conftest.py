@@ -44,7 +44,12 @@ def settings(tmp_path_factory):
         "JWT_SECRET": JWT_SECRET,
         "UPLOAD_COMPLETE_WAIT_SECONDS": "20",
         "LOG_LEVEL": "INFO",
+        # Web Push: a VAPID key pair of this session; push services on 127.0.0.1 (tests/jobs/test_push.py)
+        "PUSH_ALLOW_INSECURE_ENDPOINTS": "true",
     }
+    from app.services.push import generate_vapid_keys  # noqa: PLC0415
+
+    env["VAPID_PRIVATE_KEY"], env["VAPID_PUBLIC_KEY"] = generate_vapid_keys()
     database_url = os.environ.get("DATABASE_URL")
     schema = None
     if database_url:

@@ -18,7 +18,7 @@ from config import Config
 from tests.support import ROOT
 
 MIGRATIONS = os.path.join(ROOT, "migrations")
-TABLES = {"bundles", "pools", "quotas", "files", "upload_tasks", "upload_chunks"}
+TABLES = {"bundles", "pools", "quotas", "files", "upload_tasks", "upload_chunks", "push_subscriptions"}
 
 
 def script_directory() -> ScriptDirectory:

@@ -1,8 +1,10 @@
-"""SQLAlchemy models: the source of truth for tasks, chunks, files, pools, bundles, quotas."""
+"""SQLAlchemy models: the source of truth for tasks, chunks, files, pools, bundles, quotas,
+push subscriptions."""
 from app.models.bundle import Bundle
 from app.models.cloud_file import CloudFile
 from app.models.pool import Pool
+from app.models.push_subscription import PushSubscription
 from app.models.quota import Quota
 from app.models.upload_task import UploadChunk, UploadStatus, UploadTask
 
-__all__ = ["Bundle", "CloudFile", "Pool", "Quota", "UploadChunk", "UploadStatus", "UploadTask"]
+__all__ = ["Bundle", "CloudFile", "Pool", "PushSubscription", "Quota", "UploadChunk", "UploadStatus", "UploadTask"]

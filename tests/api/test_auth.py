@@ -23,7 +23,7 @@ SEED_ROUTES = {
     ("POST", "/bundles"), ("GET", "/bundles"), ("GET", "/bundles/<bundle_id>"), ("GET", "/pools"),
 }
 ARGUMENTS = {"task_id": "0123456789abcdef0123456789abcdef", "file_id": str(uuid.uuid4()),
-             "bundle_id": str(uuid.uuid4()), "chunk_index": "0"}
+             "bundle_id": str(uuid.uuid4()), "chunk_index": "0", "subscription_id": str(uuid.uuid4())}
 ENVELOPE = {"code", "message", "status", "details"}
 
 
