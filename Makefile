@@ -31,6 +31,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/upload_throughput.py
+	$(BIN)/python bench/event_latency.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

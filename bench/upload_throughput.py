@@ -31,6 +31,9 @@ the discarding receiver, so its own limit is printed next to the service's numbe
 workers and the rq worker as raw collapsed stacks into --profile-dir; --py-spy-args passes
 e.g. "--gil" or "--idle". Timings are then not representative.
 
+The service, the process bookkeeping and the cleanup are shared with bench/event_latency.py
+in bench/service.py.
+
 Not a test: pytest never collects it (no test_ names, and bench/ is outside testpaths).
 """
 from __future__ import annotations
@@ -39,13 +42,10 @@ import argparse
 import contextlib
 import hashlib
 import http.client
-import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,24 +55,31 @@ import uuid
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, ".venv", "bin")
-PYTHON = os.path.join(BIN, "python") if os.path.exists(os.path.join(BIN, "python")) else sys.executable
-FLASK = ([os.path.join(BIN, "flask")] if os.path.exists(os.path.join(BIN, "flask"))
-         else [PYTHON, "-m", "flask"]) + ["--app", "wsgi"]
-GUNICORN = os.path.join(BIN, "gunicorn") if os.path.exists(os.path.join(BIN, "gunicorn")) else "gunicorn"
-RECEIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discard_receiver.py")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.support import (  # noqa: E402 - shared with the tests: claiming a schema and a Redis db
-    claim_redis_db,
-    create_postgres_schema,
-    drop_postgres_schema,
-    release_redis_db,
+from bench.service import (  # noqa: E402 - the machinery shared by the benchmarks
+    GIB,
+    MB,
+    MIB,
+    PYTHON,
+    BenchError,
+    PeakSampler,
+    Service,
+    human,
+    json_request,
+    load_average,
+    log,
+    machine_cpu,
+    parse_size,
+    run_main,
+    start_child,
+    tree_cpu,
+    tree_minflt,
+    tree_rss,
 )
 
-KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
-MB = 10 ** 6
+RECEIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discard_receiver.py")
 HASH_BLOCK = 8 * MIB
 SEND_BLOCK = 1 * MIB  # --client read: http.client's block size
 
@@ -80,221 +87,6 @@ TARGET_RAW = 0.40          # x HTTP ceiling
 TARGET_MULTIPART = 0.25    # x HTTP ceiling
 TARGET_FINALIZE = 0.6      # s per GiB, last chunk answered -> complete 200
 TARGET_RSS = 64 * MIB      # server RSS growth
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": KIB, "KB": 10 ** 3, "KIB": KIB, "M": MIB, "MB": MB, "MIB": MIB,
-             "G": GIB, "GB": 10 ** 9, "GIB": GIB}
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in units:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256MiB, 1GiB, 1048576)")
-    return int(float(match.group(1)) * units[match.group(2).upper()])
-
-
-def human(n: float) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_T0 = time.monotonic()
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# process bookkeeping: RSS and CPU of a process tree
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name: [state, ppid, ...]."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _proc_status_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * KIB
-    except OSError:
-        pass
-    return 0
-
-
-def _proc_pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * KIB
-    except OSError:
-        pass
-    return _proc_status_rss(pid)
-
-
-def tree_pids(root_pids) -> list[int]:
-    """The processes and all their live descendants (one pass over /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields_ = _stat_fields(int(entry))
-            if fields_ is not None:
-                children.setdefault(int(fields_[1]), []).append(int(entry))
-    pids, todo = [], [pid for pid in root_pids if os.path.exists(f"/proc/{pid}")]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo.extend(children.get(pid, ()))
-    return pids
-
-
-def tree_rss(root_pids, pids=None) -> int:
-    """Sum of VmRSS (/proc/<pid>/status) of the processes and all their descendants."""
-    return sum(_proc_status_rss(pid) for pid in (pids if pids is not None else tree_pids(root_pids)))
-
-
-def tree_pss(root_pids, pids=None) -> int:
-    """Sum of PSS (/proc/<pid>/smaps_rollup): unlike RSS, pages shared by forked processes
-    (gunicorn workers, the RQ work horse) are counted once in total."""
-    return sum(_proc_pss(pid) for pid in (pids if pids is not None else tree_pids(root_pids)))
-
-
-def tree_cpu(root_pids) -> float:
-    """CPU seconds (user+system) of the live processes of the trees, plus what the roots'
-    reaped children used (the RQ work horse that ran finalize is reaped by the worker)."""
-    total = 0
-    for pid in tree_pids(root_pids):
-        fields_ = _stat_fields(pid)
-        if fields_ is None:
-            continue
-        total += int(fields_[11]) + int(fields_[12])
-        if pid in root_pids:
-            total += int(fields_[13]) + int(fields_[14])
-    return total / CLOCK_TICKS
-
-
-def tree_minflt(root_pids) -> int:
-    """Minor page faults of the live processes of the trees (each fresh page a process touches)."""
-    total = 0
-    for pid in tree_pids(root_pids):
-        fields_ = _stat_fields(pid)
-        if fields_ is not None:
-            total += int(fields_[7])
-    return total
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(busy, iowait, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    busy = user + nice + system + irq + softirq + steal
-    return busy / CLOCK_TICKS, iowait / CLOCK_TICKS, (busy + idle + iowait) / CLOCK_TICKS
-
-
-class PeakSampler:
-    """Samples the trees' memory every 100 ms in a thread: .peak_rss is the highest RSS sum
-    seen, .peak_pss the highest PSS sum (a fork's shared pages counted once)."""
-
-    def __init__(self, root_pids):
-        self.root_pids = root_pids
-        self.pss_before = tree_pss(root_pids)
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self.cpu = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self):
-        pids = tree_pids(self.root_pids)
-        self.peak_rss = max(self.peak_rss, tree_rss(self.root_pids, pids))
-        self.peak_pss = max(self.peak_pss, tree_pss(self.root_pids, pids))
-
-    def _run(self):
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(0.1)
-        self.cpu = time.thread_time()  # the sampler's own CPU, not the client's
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: str
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM this process (it stops its own children: gunicorn its workers, rq its horse),
-        then SIGKILL it and any descendants still alive, each by pid."""
-        if self.proc.poll() is not None:
-            return
-        descendants = [pid for pid in tree_pids([self.proc.pid]) if pid != self.proc.pid]
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        deadline = time.monotonic() + 5
-        for pid in descendants:  # normally gone with their parent; else killed, by pid
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                fields_ = _stat_fields(pid)
-                if fields_ is None or fields_[0] == "Z":
-                    break
-                time.sleep(0.05)
-            fields_ = _stat_fields(pid)
-            if fields_ is not None and fields_[0] != "Z" and int(fields_[1]) in (1, self.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def start_child(name: str, args, env, folder: str) -> Child:
-    log_path = os.path.join(folder, f"{name}.log")
-    out = open(log_path, "ab")
-    # own session: a Ctrl-C in the terminal reaches the benchmark only, which stops them in order
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    out.close()
-    return Child(name, proc, log_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,28 +198,6 @@ class Client:
             self.conn = self._connect()
         return response.status, data
 
-
-def json_request(port: int, method: str, path: str, token: str | None, payload=None,
-                 timeout: float = 600) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        body = None
-        if payload is not None:
-            body = json.dumps(payload).encode()
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {}
-        return response.status, data, raw
-    finally:
-        conn.close()
 
 
 def multipart_parts(boundary: str) -> tuple[bytes, bytes]:
@@ -611,133 +381,6 @@ def curl_upload(path: str, port: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# the service
-
-class Service:
-    """The real processes in a temp instance; every start registers its own undo on `stack`."""
-
-    def __init__(self, stack: contextlib.ExitStack, folder: str, args):
-        self.stack = stack
-        self.folder = folder
-        self.args = args
-        self.instance = os.path.join(folder, "instance")
-        self.storage = os.path.join(folder, "storage")
-        os.makedirs(self.instance, exist_ok=True)
-        self.env_settings: dict = {}
-        self.database_label = ""
-        self.redis_label = ""
-        self.web: Child | None = None
-        self.worker: Child | None = None
-        self.port = 0
-        self.idle_worker_tree: set = set()
-
-    def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update(self.env_settings)
-        env["PYTHONPATH"] = ROOT
-        return env
-
-    def prepare(self) -> None:
-        settings = {
-            "INSTANCE_PATH": self.instance,
-            "STORAGE_UPLOADS_PATH": self.storage,
-            "JWT_SECRET": "bench-secret-" + secrets.token_hex(24),
-            "LOG_LEVEL": "WARNING",
-        }
-        if self.args.no_fsync:
-            settings["STORAGE_FSYNC"] = "0"
-        base_db = os.environ.get("DATABASE_URL")
-        if base_db:
-            schema = "bench_" + secrets.token_hex(6)
-            settings["DATABASE_URL"] = create_postgres_schema(base_db, schema)
-            self.stack.callback(drop_postgres_schema, base_db, schema)
-            self.database_label = f"PostgreSQL {re.sub(r'//[^@/]*@', '//', base_db)}, fresh schema {schema}"
-        else:
-            path = os.path.join(self.folder, "drive.sqlite3")
-            settings["DATABASE_URL"] = "sqlite:///" + path
-            self.database_label = f"SQLite {path} (fresh)"
-        base_redis = os.environ.get("REDIS_URL")
-        if base_redis:
-            url = claim_redis_db(base_redis, f"bench-{os.getpid()}")
-            self.stack.callback(release_redis_db, base_redis, url)
-            settings["REDIS_URL"] = url
-            self.redis_label = f"{url} (claimed database of REDIS_URL, flushed)"
-        else:
-            from app.embedded_redis import ensure_embedded_redis, stop_embedded_redis  # noqa: PLC0415
-
-            self.stack.callback(stop_embedded_redis, self.instance)
-            settings["REDIS_URL"] = ensure_embedded_redis(self.instance)
-            self.redis_label = f"embedded redis-server {settings['REDIS_URL']}"
-        self.env_settings = settings
-
-        done = subprocess.run(FLASK + ["db", "upgrade"], env=self.env(), cwd=ROOT, capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise BenchError(f"`flask db upgrade` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-
-    def token(self, account: uuid.UUID) -> str:
-        done = subprocess.run(FLASK + ["tokens", "create", str(account)], env=self.env(), cwd=ROOT,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        if done.returncode != 0 or not lines or lines[-1].count(".") != 2:
-            raise BenchError(f"`flask tokens create` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-        return lines[-1].strip()
-
-    def start(self) -> None:
-        env = self.env()
-        self.worker = start_child("worker", FLASK + ["worker", "--name", f"bench-{uuid.uuid4().hex[:8]}"],
-                                  env, self.folder)
-        self.stack.callback(self.worker.stop)
-        self.port = free_port()
-        self.web = start_child("gunicorn", [
-            GUNICORN, "--workers", str(self.args.web_workers), "--worker-class", "gthread",
-            "--threads", str(self.args.threads), "--bind", f"127.0.0.1:{self.port}", "--timeout", "300",
-            "wsgi:app"], env, self.folder)
-        self.stack.callback(self.web.stop)
-        deadline = time.monotonic() + 90
-        last = ""
-        while True:
-            for child in (self.web, self.worker):
-                if child.proc.poll() is not None:
-                    raise BenchError(f"{child.name} exited ({child.proc.returncode}):\n{child.tail()}")
-            try:
-                status, data, raw = json_request(self.port, "GET", "/health/uploads", None, timeout=5)
-                if status == 200:
-                    break
-                last = raw.decode(errors="replace")
-            except OSError as error:
-                last = str(error)
-            if time.monotonic() > deadline:
-                raise BenchError(f"the service did not become healthy: {last}\n--- gunicorn:\n"
-                                 f"{self.web.tail()}\n--- worker:\n{self.worker.tail()}")
-            time.sleep(0.2)
-        time.sleep(1.0)  # let the worker's scheduler process start
-        self.idle_worker_tree = set(tree_pids(self.worker_pids))
-
-    @property
-    def web_pids(self) -> list[int]:
-        return [self.web.proc.pid]
-
-    @property
-    def worker_pids(self) -> list[int]:
-        return [self.worker.proc.pid]
-
-    def web_worker_pids(self) -> list[int]:
-        return [pid for pid in tree_pids(self.web_pids) if pid != self.web.proc.pid]
-
-    def worker_idle(self, timeout: float = 10.0) -> None:
-        """Wait until the RQ worker has no work horse (the finalize job's fork) alive: no
-        process in its tree but those it had when idle (itself and its scheduler)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and set(tree_pids(self.worker_pids)) - self.idle_worker_tree:
-            time.sleep(0.05)
-
-    def failure_context(self) -> str:
-        return (f"--- gunicorn log (last lines):\n{self.web.tail() if self.web else ''}\n"
-                f"--- worker log (last lines):\n{self.worker.tail() if self.worker else ''}")
-
-
-# ---------------------------------------------------------------------------------------------
 # one upload
 
 @dataclass
@@ -764,6 +407,46 @@ class UploadResult:
     web_faults: int = 0
 
 
+@dataclass
+class UploadFlow:
+    t0: float                    # monotonic: create sent
+    t_created: float             # create answered
+    chunks: ChunkRun
+    complete_calls: int
+    done: dict                   # complete's 200 body
+    t_done: float                # complete answered 200
+
+
+def upload_flow(port: int, token: str, path: str, size: int, digest: str, chunk_size: int, connections: int,
+                multipart: bool, client_mode: str = "sendfile") -> UploadFlow:
+    """One upload over HTTP: create → every chunk (over `connections` connections) → complete
+    (called again while it answers 202). Raises BenchError on any other answer."""
+    mode = "multipart" if multipart else "raw"
+    t0 = time.monotonic()
+    status, created, raw = json_request(port, "POST", "/api/files/upload/create", token, {
+        "fileName": f"bench-{mode}.bin", "fileSize": size, "contentType": "application/octet-stream",
+        "hash": digest, "chunkSize": chunk_size})
+    t_created = time.monotonic()
+    if status != 200:
+        raise BenchError(f"create: HTTP {status}: {raw.decode(errors='replace')}")
+    if created.get("fileExists"):
+        raise BenchError("create answered fileExists: the account already has this file")
+    task_id, chunk_size = created["taskId"], created["chunkSize"]
+    headers = {"Authorization": f"Bearer {token}"}
+    chunks = send_chunks(port, path, size, chunk_size, connections,
+                         lambda i: f"/api/files/upload/chunk/{task_id}/{i}", headers, multipart, client_mode)
+    calls = 0
+    while True:
+        calls += 1
+        status, done, raw = json_request(port, "POST", f"/api/files/upload/complete/{task_id}", token)
+        if status == 200:
+            break
+        if status != 202 or calls > 100:
+            raise BenchError(f"complete: HTTP {status}: {raw.decode(errors='replace')}")
+    return UploadFlow(t0=t0, t_created=t_created, chunks=chunks, complete_calls=calls, done=done,
+                      t_done=time.monotonic())
+
+
 def upload(service: Service, token: str, path: str, size: int, digest: str, args, multipart: bool,
            chunk_size: int | None = None) -> UploadResult:
     mode = "multipart" if multipart else "raw"
@@ -779,29 +462,10 @@ def upload(service: Service, token: str, path: str, size: int, digest: str, args
     faults0 = tree_minflt(service.web_pids)
     sampler = PeakSampler(roots)
     with sampler:
-        t0 = time.monotonic()
-        status, created, raw = json_request(port, "POST", "/api/files/upload/create", token, {
-            "fileName": f"bench-{mode}.bin", "fileSize": size, "contentType": "application/octet-stream",
-            "hash": digest, "chunkSize": min(chunk_size or args.chunk_size, size)})
-        t_created = time.monotonic()
-        if status != 200:
-            raise BenchError(f"create: HTTP {status}: {raw.decode(errors='replace')}")
-        if created.get("fileExists"):
-            raise BenchError("create answered fileExists: the account already has this file")
-        task_id, chunk_size = created["taskId"], created["chunkSize"]
-        headers = {"Authorization": f"Bearer {token}"}
-        chunks = send_chunks(port, path, size, chunk_size, args.connections,
-                             lambda i: f"/api/files/upload/chunk/{task_id}/{i}", headers, multipart,
-                             args.client)
-        calls = 0
-        while True:
-            calls += 1
-            status, done, raw = json_request(port, "POST", f"/api/files/upload/complete/{task_id}", token)
-            if status == 200:
-                break
-            if status != 202 or calls > 100:
-                raise BenchError(f"complete: HTTP {status}: {raw.decode(errors='replace')}")
-        t_done = time.monotonic()
+        flow = upload_flow(port, token, path, size, digest, min(chunk_size or args.chunk_size, size),
+                           args.connections, multipart, args.client)
+        t0, t_created, chunks, calls, done = flow.t0, flow.t_created, flow.chunks, flow.complete_calls, flow.done
+        t_done = flow.t_done
         machine1 = machine_cpu()
         split = [tree_cpu([pid]) - before for pid, before in zip(web_workers, split0)]
         faults = tree_minflt(service.web_pids) - faults0
@@ -897,7 +561,7 @@ def run(args, stack: contextlib.ExitStack) -> int:
     stack.callback(shutil.rmtree, folder, ignore_errors=True)
     path = os.path.join(folder, "payload.bin")
     size = args.size
-    print(f"load average at start: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"load average at start: {load_average()}")
     print(f"Drive upload throughput — {human(size)} file, {human(args.chunk_size)} chunks, "
           f"{args.connections} client connection(s), client={args.client}, "
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
@@ -940,7 +604,8 @@ def run(args, stack: contextlib.ExitStack) -> int:
           f"multipart: this script's chunked client ({args.connections} conn, {args.client}) → the same receiver")
 
     # -- the service --------------------------------------------------------------------------
-    service = Service(stack, folder, args)
+    service = Service(stack, folder, web_workers=args.web_workers, threads=args.threads,
+                      fsync=not args.no_fsync)
     log("preparing database, redis and migrations")
     service.prepare()
     log("starting gunicorn and the rq worker")
@@ -1025,31 +690,7 @@ def main(argv=None) -> int:
     if args.py_spy:
         args.profile_dir = os.path.abspath(args.profile_dir)
         os.makedirs(args.profile_dir, exist_ok=True)
-
-    def on_term(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
-    stack = contextlib.ExitStack()
-    code = 1
-    try:
-        code = run(args, stack)
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        code = 130
-    except BenchError as error:
-        print(f"\nFAILED: {error}", file=sys.stderr)
-        code = 2
-    finally:
-        # never cut the cleanup short: a second Ctrl-C waits
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            stack.close()
-        except Exception as error:  # noqa: BLE001
-            print(f"cleanup: {type(error).__name__}: {error}", file=sys.stderr)
-    return code
+    return run_main(run, args)
 
 
 if __name__ == "__main__":
