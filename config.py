@@ -44,6 +44,7 @@ class Config:
     UPLOAD_COMPLETE_WAIT_SECONDS: int = 30
     UPLOAD_FINALIZE_TIMEOUT_SECONDS: int = 3600
     UPLOAD_SPEED_WINDOW_SECONDS: int = 30
+    TASK_JOB_TIMEOUT_SECONDS: int = 6 * 3600   # RQ's hard limit for one run of a generic task
     LIVE_PING_INTERVAL_SECONDS: int = 25   # WebSocket pings; a client missing a pong is dropped
     LIVE_SSE_KEEPALIVE_SECONDS: int = 15   # SSE comment lines through idle proxies
     LIVE_IDLE_CHECK_SECONDS: int = 2       # how soon a socket thread notices its client left

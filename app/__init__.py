@@ -36,7 +36,14 @@ def create_app(config: Config | None = None) -> Flask:
     register_request_id(app)
     register_blueprints(app)
     register_cli(app)
+    register_task_types(app)
     return app
+
+
+def register_task_types(app: Flask) -> None:
+    from jobs.task_types import register_builtin_task_types
+
+    register_builtin_task_types(app)
 
 
 def register_request_id(app: Flask) -> None:

@@ -18,7 +18,7 @@ from config import Config
 from tests.support import ROOT
 
 MIGRATIONS = os.path.join(ROOT, "migrations")
-TABLES = {"bundles", "pools", "quotas", "files", "upload_tasks", "upload_chunks", "push_subscriptions"}
+TABLES = {"bundles", "pools", "quotas", "files", "upload_tasks", "upload_chunks", "push_subscriptions", "tasks"}
 
 
 def script_directory() -> ScriptDirectory:

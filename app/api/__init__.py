@@ -23,4 +23,4 @@ def api_prefix() -> str:
     return request.script_root + ("/drive" if request.blueprint == "drive" else "/api")
 
 
-from app.api import bundles, docs, files, pools, push, uploads  # noqa: E402,F401  - routes register on import
+from app.api import bundles, docs, files, pools, push, tasks, uploads  # noqa: E402,F401  - routes register on import

@@ -1,0 +1,59 @@
+"""Wire shapes of generic tasks (the seed's PersistentTask, camelCase)."""
+from __future__ import annotations
+
+from marshmallow import ValidationError, fields, validate, validates
+
+from app.models import TaskStatus
+from app.schemas.base import CamelSchema, StrictInt, UtcDateTime
+from app.schemas.files import ListQuerySchema
+
+
+class CreateTaskSchema(CamelSchema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = fields.String(validate=validate.Length(min=1, max=255))
+    description = fields.String(allow_none=True, validate=validate.Length(max=4000))
+    priority = StrictInt(load_default=50, validate=validate.Range(min=0, max=100))
+    estimated_duration_seconds = StrictInt(allow_none=True, validate=validate.Range(min=0))
+    parameters = fields.Dict(load_default=dict)
+
+
+class TaskSchema(CamelSchema):
+    task_id = fields.String()
+    name = fields.String()
+    description = fields.String(allow_none=True)
+    type = fields.String()
+    status = fields.Function(lambda task: task.status_name)
+    account_id = fields.UUID()
+    progress = fields.Float()
+    parameters = fields.Dict()
+    results = fields.Dict()
+    error_message = fields.String(allow_none=True)
+    priority = fields.Integer()
+    estimated_duration_seconds = fields.Integer(allow_none=True)
+    last_activity = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True)
+    completed_at = UtcDateTime(allow_none=True)
+    created_at = UtcDateTime()
+    updated_at = UtcDateTime()
+
+
+class TaskListQuerySchema(ListQuerySchema):
+    type = fields.String()
+    status = fields.String()
+    sort_by = fields.String(load_default="lastActivity", validate=validate.OneOf(
+        ["name", "type", "status", "priority", "progress", "createdAt", "updatedAt", "lastActivity"]))
+    sort_descending = fields.Boolean(load_default=True)
+
+    @validates("status")
+    def _status(self, value, **kwargs):
+        names = {s.name for s in TaskStatus}
+        for name in value.split(","):
+            if name.strip() not in names:
+                raise ValidationError(f"Unknown status {name.strip()!r}; one of {sorted(names)}.")
+
+
+class TaskStatsSchema(CamelSchema):
+    total_tasks = fields.Integer()
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_type = fields.Dict(keys=fields.String(), values=fields.Integer())
+    average_progress = fields.Float()
