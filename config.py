@@ -45,10 +45,14 @@ class Config:
     UPLOAD_FINALIZE_TIMEOUT_SECONDS: int = 3600
     UPLOAD_SPEED_WINDOW_SECONDS: int = 30
     TASK_JOB_TIMEOUT_SECONDS: int = 6 * 3600   # RQ's hard limit for one run of a generic task
+    TASK_TYPE_MODULES: str = ""            # comma-separated modules whose register(app) adds task types
+    TASK_RETENTION_DAYS: int = 30          # finished tasks older than this are removed (flask tasks cleanup)
+    SECRET_KEY: str = ""                   # seals secrets held for workers; empty: JWT_SECRET is used
     LIVE_PING_INTERVAL_SECONDS: int = 25   # WebSocket pings; a client missing a pong is dropped
     LIVE_SSE_KEEPALIVE_SECONDS: int = 15   # SSE comment lines through idle proxies
-    LIVE_IDLE_CHECK_SECONDS: int = 2       # how soon a socket thread notices its client left
+    LIVE_IDLE_CHECK_SECONDS: int = 30      # a socket thread's check that its client is still there
     LIVE_AUTH_TIMEOUT_SECONDS: int = 10    # to send the first auth message
+    LIVE_SEND_TIMEOUT_SECONDS: int = 10    # a client that stops reading is dropped after this
     QUOTA_DEFAULT_BYTES: int = 0           # 0: no limit for accounts without a quota row
     VAPID_PRIVATE_KEY: str = ""            # PEM or base64url raw P-256 key; empty: Web Push disabled
     VAPID_PUBLIC_KEY: str = ""             # optional: checked against the private key's public half

@@ -117,8 +117,8 @@ def live_server(app, settings, worker, tmp_path_factory):
     port = free_port()
     log = str(tmp_path_factory.mktemp("logs") / "gunicorn.log")
     process = start_process(
-        [os.path.join(os.path.dirname(os.sys.executable), "gunicorn"), "--workers", "3", "--worker-class", "gthread",
-         "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", "3",
+        [os.path.join(os.path.dirname(os.sys.executable), "gunicorn"), "--workers", "3", "--worker-class", "app.gunicorn_worker.DriveThreadWorker",
+         "--threads", "8", "--worker-connections", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", "3",
          "wsgi:app"],
         process_env(settings), log, ready_marker="Booting worker",
     )

@@ -78,7 +78,8 @@ def serve(host, port, web_workers, threads):
     gunicorn = os.path.join(bin_dir, "gunicorn") if os.path.exists(os.path.join(bin_dir, "gunicorn")) else "gunicorn"
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
     commands = {
-        "web": [gunicorn, "--workers", str(web_workers), "--worker-class", "gthread", "--threads", str(threads),
+        "web": [gunicorn, "--workers", str(web_workers), "--worker-class", "app.gunicorn_worker.DriveThreadWorker",
+                "--threads", str(threads), "--worker-connections", str(threads),
                 "--bind", f"{host}:{port}", "--timeout", "120", "--graceful-timeout", "30", "wsgi:app"],
         "worker": flask + ["worker"],
         "scheduler": flask + ["scheduler"],

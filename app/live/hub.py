@@ -82,9 +82,10 @@ class EventHub:
                 self._listen()
             except (RedisError, OSError):
                 log.warning("event hub lost Redis; reconnecting", exc_info=True)
+            # a hub that was connected starts its back-off again from the shortest delay
+            delay = 0.1 if self.ready.is_set() else min(delay * 2, 5.0)
             self.ready.clear()
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     def _listen(self) -> None:
         pubsub = self.redis_factory().pubsub(ignore_subscribe_messages=False)

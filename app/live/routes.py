@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 from flask import Blueprint, current_app, request
 from redis.exceptions import RedisError
@@ -27,6 +28,8 @@ live = Blueprint("live", __name__)
 CLOSE_UNAUTHORIZED = 4401  # private-use close codes (RFC 6455 7.4.2)
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAVAILABLE = 1013  # try again later
+CLOSE_POLICY = 1008
+MAX_IGNORED_MESSAGES = 16  # messages a client may send between two wake-ups before it is closed
 
 
 def _token_from_request() -> str | None:
@@ -62,6 +65,18 @@ def _socket_account(ws):
     return decode_token(token)[0]
 
 
+class _WakeEvent(threading.Event):
+    """simple-websocket's message/close signal, also waking the socket's packet loop."""
+
+    def __init__(self, queue):
+        super().__init__()
+        self.queue = queue
+
+    def set(self):
+        super().set()
+        self.queue.put(None)
+
+
 @sock.route("/ws", bp=live)
 def websocket(ws):
     try:
@@ -81,12 +96,21 @@ def websocket(ws):
         log.warning("event relay unavailable for %s", account_id, exc_info=True)
         ws.close(CLOSE_UNAVAILABLE, "events unavailable; reconnect later")
         return
+    # Wake this thread at once when the client sends something or goes away (simple-websocket
+    # sets `ws.event` then), instead of finding out at the next idle check.
+    ws.event = _WakeEvent(packets.subscription.queue)
+    ws.sock.settimeout(app.config["LIVE_SEND_TIMEOUT_SECONDS"])  # a client that stops reading
     try:
         # subscribed: every event published from now on will be delivered
         ws.send(json.dumps({"type": "auth.ok", "data": {"accountId": str(account_id)}}))
         for packet in packets:
             if not ws.connected:  # the client left (or missed its pongs): free the thread
                 break
+            if ws.input_buffer:  # nothing is expected from the client after auth: drop it
+                if len(ws.input_buffer) > MAX_IGNORED_MESSAGES:
+                    ws.close(CLOSE_POLICY, "this socket takes no messages after auth")
+                    break
+                ws.input_buffer.clear()
             if packet is not None:
                 ws.send(json.dumps(packet, separators=(",", ":")))
     except ConnectionClosed:

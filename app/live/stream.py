@@ -22,7 +22,10 @@ def account_packets(app, redis, account_id, since: int | None, idle: float) -> "
     (time for a heartbeat). Closing the generator ends the subscription."""
     subscription = get_hub(app).subscribe(account_id)
     try:
-        last = _current_id(redis, account_id) if since is None else since
+        current = _current_id(redis, account_id)
+        if since is not None and since > current:  # Redis lost the history: ids restarted
+            since = 0
+        last = current if since is None else since
     except BaseException:
         subscription.close()
         raise
