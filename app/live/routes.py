@@ -28,8 +28,6 @@ live = Blueprint("live", __name__)
 CLOSE_UNAUTHORIZED = 4401  # private-use close codes (RFC 6455 7.4.2)
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAVAILABLE = 1013  # try again later
-CLOSE_POLICY = 1008
-MAX_IGNORED_MESSAGES = 16  # messages a client may send between two wake-ups before it is closed
 
 
 def _token_from_request() -> str | None:
@@ -107,9 +105,6 @@ def websocket(ws):
             if not ws.connected:  # the client left (or missed its pongs): free the thread
                 break
             if ws.input_buffer:  # nothing is expected from the client after auth: drop it
-                if len(ws.input_buffer) > MAX_IGNORED_MESSAGES:
-                    ws.close(CLOSE_POLICY, "this socket takes no messages after auth")
-                    break
                 ws.input_buffer.clear()
             if packet is not None:
                 ws.send(json.dumps(packet, separators=(",", ":")))
