@@ -46,6 +46,7 @@ def settings(tmp_path_factory):
         "LOG_LEVEL": "INFO",
         # Web Push: a VAPID key pair of this session; push services on 127.0.0.1 (tests/jobs/test_push.py)
         "PUSH_ALLOW_INSECURE_ENDPOINTS": "true",
+        "TASK_TYPE_MODULES": "tests.custom_task_type",  # a deployment's own task type (test_task_custom.py)
     }
     from app.services.push import generate_vapid_keys  # noqa: PLC0415
 
@@ -118,7 +119,7 @@ def live_server(app, settings, worker, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("logs") / "gunicorn.log")
     process = start_process(
         [os.path.join(os.path.dirname(os.sys.executable), "gunicorn"), "--workers", "3", "--worker-class", "app.gunicorn_worker.DriveThreadWorker",
-         "--threads", "8", "--worker-connections", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", "3",
+         "--threads", "8", "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", "3",
          "wsgi:app"],
         process_env(settings), log, ready_marker="Booting worker",
     )

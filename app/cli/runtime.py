@@ -15,7 +15,9 @@ from rq.cron import CronScheduler
 from app.embedded_redis import stop_embedded_redis
 from app.redis_client import get_redis
 from jobs.cleanup import cleanup_uploads
+from jobs.task_cleanup import cleanup_tasks
 from jobs.queues import QUEUE_NAMES, get_queue
+from jobs.recovery import recover_tasks
 
 
 @click.command("worker")
@@ -24,9 +26,11 @@ from jobs.queues import QUEUE_NAMES, get_queue
 @click.option("--name", help="Worker name.")
 @click.option("--with-scheduler/--without-scheduler", default=True, show_default=True,
               help="Also run RQ's scheduler for delayed jobs and retries.")
-def worker(burst, name, with_scheduler):
+@click.option("--queue", "queue_names", multiple=True, metavar="NAME",
+              help="Listen to this queue instead (repeatable, in order); default: high, default, low.")
+def worker(burst, name, with_scheduler, queue_names):
     """Run an RQ worker in the app context, on the queues high, default, low (in that order)."""
-    queues = [get_queue(q) for q in QUEUE_NAMES]
+    queues = [get_queue(q) for q in (queue_names or QUEUE_NAMES)]
     Worker(queues, connection=get_redis(), name=name).work(
         burst=burst, with_scheduler=with_scheduler, logging_level=current_app.config["LOG_LEVEL"].upper())
 
@@ -34,10 +38,14 @@ def worker(burst, name, with_scheduler):
 @click.command("scheduler")
 @with_appcontext
 def scheduler():
-    """Run the periodic jobs (upload cleanup every UPLOAD_CLEANUP_INTERVAL_MINUTES)."""
+    """Run the periodic jobs (upload cleanup every UPLOAD_CLEANUP_INTERVAL_MINUTES, old tasks daily,
+    abandoned tasks every TASK_RECOVERY_INTERVAL_SECONDS)."""
     cron = CronScheduler(connection=get_redis(), logging_level=current_app.config["LOG_LEVEL"].upper())
     cron.register(cleanup_uploads, queue_name="low",
                   interval=current_app.config["UPLOAD_CLEANUP_INTERVAL_MINUTES"] * 60)
+    cron.register(cleanup_tasks, queue_name="low", interval=24 * 3600)  # finished tasks > TASK_RETENTION_DAYS
+    cron.register(recover_tasks, queue_name="high",  # abandoned tasks, from their checkpoint
+                  interval=current_app.config["TASK_RECOVERY_INTERVAL_SECONDS"])
     cron.start()
 
 
@@ -79,7 +87,7 @@ def serve(host, port, web_workers, threads):
     flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
     commands = {
         "web": [gunicorn, "--workers", str(web_workers), "--worker-class", "app.gunicorn_worker.DriveThreadWorker",
-                "--threads", str(threads), "--worker-connections", str(threads),
+                "--threads", str(threads),
                 "--bind", f"{host}:{port}", "--timeout", "120", "--graceful-timeout", "30", "wsgi:app"],
         "worker": flask + ["worker"],
         "scheduler": flask + ["scheduler"],

@@ -5,6 +5,9 @@
   timers are short (auth 1 s, WebSocket ping 1 s, SSE keep-alive 1 s, idle check 1 s), for the
   tests of heartbeats, time-outs and freed threads. Only those tests use it: a client there
   must answer pings within about two seconds.
+- `socket_server`: a gunicorn set up as the README says for the live routes: 3 processes x 8
+  threads with --worker-connections 8, so a process whose threads are all taken by sockets
+  stops accepting and the next socket goes to another process.
 - `account`: a fresh account id and its token; `publish`: publish_event as the services do.
 """
 from __future__ import annotations
@@ -39,6 +42,20 @@ def fast_server(app, settings, tmp_path_factory):
          "--threads", str(FAST_THREADS), "--bind", f"127.0.0.1:{port}", "--timeout", "120",
          "--graceful-timeout", "2", "wsgi:app"],
         process_env(settings, **FAST_ENV), log, ready_marker="Booting worker",
+    )
+    yield f"http://127.0.0.1:{port}"
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def socket_server(app, settings, tmp_path_factory):
+    port = free_port()
+    log = str(tmp_path_factory.mktemp("logs") / "gunicorn-sockets.log")
+    process = start_process(
+        [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", "3",
+         "--worker-class", "app.gunicorn_worker.DriveThreadWorker", "--threads", "8", "--worker-connections", "8",
+         "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", "2", "wsgi:app"],
+        process_env(settings), log, ready_marker="Booting worker",
     )
     yield f"http://127.0.0.1:{port}"
     process.stop()
