@@ -44,7 +44,13 @@ class Config:
     UPLOAD_COMPLETE_WAIT_SECONDS: int = 30
     UPLOAD_FINALIZE_TIMEOUT_SECONDS: int = 3600
     UPLOAD_SPEED_WINDOW_SECONDS: int = 30
+    QUEUE_PREFIX: str = ""                 # prefix of the RQ queue names (high, default, low)
     TASK_JOB_TIMEOUT_SECONDS: int = 6 * 3600   # RQ's hard limit for one run of a generic task
+    TASK_HEARTBEAT_TIMEOUT_SECONDS: int = 60   # a running task silent this long, off any live worker, is recovered
+    TASK_RECOVERY_INTERVAL_SECONDS: int = 30   # how often the scheduler looks for such tasks
+    TASK_MAX_ATTEMPTS: int = 3                 # runs a task may start before recovery marks it Failed
+    TASK_DECOMPRESS_MAX_TOTAL_BYTES: int = 10 * 1024 * MIB  # FileDecompress: most bytes one archive may expand to
+    TASK_DECOMPRESS_MAX_ENTRIES: int = 10000   # FileDecompress: most entries one archive may have
     TASK_TYPE_MODULES: str = ""            # comma-separated modules whose register(app) adds task types
     TASK_RETENTION_DAYS: int = 30          # finished tasks older than this are removed (flask tasks cleanup)
     SECRET_KEY: str = ""                   # seals secrets held for workers; empty: JWT_SECRET is used

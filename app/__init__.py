@@ -41,9 +41,16 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def register_task_types(app: Flask) -> None:
+    """The built-in types, then a deployment's own: each module named in TASK_TYPE_MODULES
+    (comma-separated import paths) has its `register(app)` called. Web and workers build their
+    app with this factory, so both know the same types."""
+    import importlib
+
     from jobs.task_types import register_builtin_task_types
 
     register_builtin_task_types(app)
+    for module_path in filter(None, (m.strip() for m in app.config.get("TASK_TYPE_MODULES", "").split(","))):
+        importlib.import_module(module_path).register(app)
 
 
 def register_request_id(app: Flask) -> None:

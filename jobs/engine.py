@@ -47,7 +47,13 @@ def run_task(task_pk: str):
         return None
     if not started:
         if task.status == TaskStatus.Pending and task.control == "cancel":
-            _finish(task, TaskStatus.Cancelled, "task.cancelled", {"cancelledAt": iso(now)})
+            # cancelled while paused: the type undoes what the paused run left behind
+            task_type = get_task_type(task.type)
+            ctx = TaskContext(task)
+            if task_type is not None and task_type.discard is not None:
+                task_type.discard(ctx)
+            _finish(db.session.get(Task, pk), TaskStatus.Cancelled, "task.cancelled", {"cancelledAt": iso(now)},
+                    ctx=ctx)
         return None
     task_type = get_task_type(task.type)
     ctx = TaskContext(task)

@@ -289,3 +289,8 @@ def release_redis_db(base_url: str, url: str) -> None:
     number = url.rsplit("/", 1)[1]
     Redis.from_url(url).flushdb()
     Redis.from_url(base_url).delete(f"drive:test-db-claim:{number}")
+
+
+def generic_task_count(api) -> int:
+    """How many generic tasks the account has (the task list also shows its uploads)."""
+    return int(api.get("/tasks").headers["X-Total"]) - int(api.get("/tasks?type=FileUpload").headers["X-Total"])

@@ -37,8 +37,8 @@ def generic_task_stats():
 @api.get("/tasks/<task_id>")
 @response(TaskSchema)
 def get_generic_task(task_id):
-    """A task."""
-    return tasks.get_task(task_id, g.account_id)
+    """A task (an upload shows as a task of type FileUpload)."""
+    return tasks.show_task(task_id, g.account_id)
 
 
 @api.post("/tasks/<task_id>/pause")

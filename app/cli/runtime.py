@@ -40,12 +40,13 @@ def worker(burst, name, with_scheduler, queue_names):
 def scheduler():
     """Run the periodic jobs (upload cleanup every UPLOAD_CLEANUP_INTERVAL_MINUTES, old tasks daily,
     abandoned tasks every TASK_RECOVERY_INTERVAL_SECONDS)."""
-    cron = CronScheduler(connection=get_redis(), logging_level=current_app.config["LOG_LEVEL"].upper())
-    cron.register(cleanup_uploads, queue_name="low",
-                  interval=current_app.config["UPLOAD_CLEANUP_INTERVAL_MINUTES"] * 60)
-    cron.register(cleanup_tasks, queue_name="low", interval=24 * 3600)  # finished tasks > TASK_RETENTION_DAYS
-    cron.register(recover_tasks, queue_name="high",  # abandoned tasks, from their checkpoint
-                  interval=current_app.config["TASK_RECOVERY_INTERVAL_SECONDS"])
+    config = current_app.config
+    cron = CronScheduler(connection=get_redis(), logging_level=config["LOG_LEVEL"].upper())
+    low, high = get_queue("low").name, get_queue("high").name
+    cron.register(cleanup_uploads, queue_name=low, interval=config["UPLOAD_CLEANUP_INTERVAL_MINUTES"] * 60)
+    cron.register(cleanup_tasks, queue_name=low, interval=24 * 3600)  # finished tasks > TASK_RETENTION_DAYS
+    cron.register(recover_tasks, queue_name=high,  # abandoned tasks, from their checkpoint
+                  interval=config["TASK_RECOVERY_INTERVAL_SECONDS"])
     cron.start()
 
 

@@ -25,7 +25,7 @@ class TaskSchema(CamelSchema):
     status = fields.Function(lambda task: task.status_name)
     account_id = fields.UUID()
     progress = fields.Float()
-    parameters = fields.Dict()
+    parameters = fields.Method("public_parameters")
     results = fields.Dict()
     error_message = fields.String(allow_none=True)
     priority = fields.Integer()
@@ -35,6 +35,11 @@ class TaskSchema(CamelSchema):
     completed_at = UtcDateTime(allow_none=True)
     created_at = UtcDateTime()
     updated_at = UtcDateTime()
+
+    def public_parameters(self, task) -> dict:
+        """The parameters without internal ones: a key starting with "_" is for the worker only
+        (e.g. a sealed key or an encryption's public parameters) and never leaves the server."""
+        return {k: v for k, v in (task.parameters or {}).items() if not k.startswith("_")}
 
 
 class TaskListQuerySchema(ListQuerySchema):

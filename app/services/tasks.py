@@ -16,6 +16,7 @@ from app.events import iso, publish_event
 from app.extensions import db
 from app.models import FINISHED, Task, TaskStatus
 from app.models.types import utcnow
+from app.services.task_views import UPLOAD_TYPE, find_upload_as_task, list_all_tasks, upload_counts
 from app.services.tenancy import get_owned
 from app.tasks.registry import get_task_type, task_types
 from jobs.engine import job_id_for, run_task
@@ -27,10 +28,12 @@ def get_task(task_id: str, account_id: uuid.UUID, for_update: bool = False) -> T
                      for_update=for_update)
 
 
-def _enqueue(task: Task) -> None:
+def enqueue_task(task: Task, queue_name: str | None = None) -> None:
+    """Queue the run of a Pending task (on its priority's queue unless `queue_name` is given);
+    503 QUEUE_UNAVAILABLE if Redis cannot take it (the task stays saved)."""
     config = current_app.config
     try:
-        get_queue(queue_for_priority(task.priority)).enqueue(
+        get_queue(queue_name or queue_for_priority(task.priority)).enqueue(
             run_task, str(task.id), job_id=job_id_for(task.task_id),
             job_timeout=config["TASK_JOB_TIMEOUT_SECONDS"], retry=Retry(max=2, interval=[2, 10]),
             result_ttl=3600, failure_ttl=7 * 24 * 3600, description=f"{task.type} {task.task_id}",
@@ -40,7 +43,10 @@ def _enqueue(task: Task) -> None:
                                  code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"}) from error
 
 
-def create_task(account_id: uuid.UUID, data: dict) -> Task:
+_enqueue = enqueue_task  # the earlier name, still used by app/cli/tasks.py
+
+
+def create_task(account_id: uuid.UUID, data: dict, queue_name: str | None = None) -> Task:
     task_type = get_task_type(data["type"])
     if task_type is None:
         raise BadRequest(f"Unknown task type {data['type']!r}", code="UNKNOWN_TASK_TYPE",
@@ -64,29 +70,19 @@ def create_task(account_id: uuid.UUID, data: dict) -> Task:
     db.session.commit()
     publish_event(account_id, "task.created", {"taskId": task.task_id, "name": task.name, "type": task.type,
                                                "createdAt": iso(now)})
-    _enqueue(task)
+    enqueue_task(task, queue_name)
     return task
 
 
-SORT_COLUMNS = {
-    "name": Task.name, "type": Task.type, "status": Task.status, "priority": Task.priority,
-    "progress": Task.progress, "createdAt": Task.created_at, "updatedAt": Task.updated_at,
-    "lastActivity": Task.last_activity,
-}
+def list_tasks(account_id: uuid.UUID, query: dict) -> tuple[list, int]:
+    """The account's tasks, uploads (type FileUpload) included."""
+    return list_all_tasks(account_id, query)
 
 
-def list_tasks(account_id: uuid.UUID, query: dict) -> tuple[list[Task], int]:
-    where = [Task.account_id == account_id]
-    if query.get("type"):
-        where.append(Task.type.in_([t.strip() for t in query["type"].split(",")]))
-    if query.get("status"):
-        where.append(Task.status.in_([TaskStatus[s.strip()] for s in query["status"].split(",")]))
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(Task).where(*where))
-    column = SORT_COLUMNS[query["sort_by"]]
-    rows = db.session.scalars(sa.select(Task).where(*where)
-                              .order_by(column.desc() if query["sort_descending"] else column.asc(), Task.id)
-                              .offset(query["offset"]).limit(query["limit"]))
-    return list(rows), total
+def show_task(task_id: str, account_id: uuid.UUID):
+    """A generic task, or an upload shown as a FileUpload task; 404 TASK_NOT_FOUND."""
+    upload = find_upload_as_task(task_id, account_id) if len(task_id) <= 64 else None
+    return upload if upload is not None else get_task(task_id, account_id)
 
 
 def _conflict(task: Task, wanted: str) -> Conflict:
@@ -121,10 +117,11 @@ def resume_task(task_id: str, account_id: uuid.UUID) -> Task:
     if task.status != TaskStatus.Paused:
         raise _conflict(task, "resumed")
     task.status, task.control, task.updated_at, task.last_activity = TaskStatus.Pending, None, now, now
+    task.attempts = 0  # crash recovery counts the runs since the user last started it
     db.session.commit()
     publish_event(account_id, "task.resumed", {"taskId": task.task_id, "name": task.name, "type": task.type,
                                                "resumedAt": iso(now)})
-    _enqueue(task)
+    enqueue_task(task)
     return task
 
 
@@ -133,8 +130,16 @@ def cancel_task(task_id: str, account_id: uuid.UUID) -> Task:
     stops at its next step and its partial outputs are removed."""
     task = get_task(task_id, account_id, for_update=True)
     now = utcnow()
-    if task.status in (TaskStatus.Pending, TaskStatus.Paused):
+    task_type = get_task_type(task.type)
+    if task.status == TaskStatus.Paused and task.checkpoint and task_type is not None and task_type.discard:
+        # a paused run left outputs: the worker undoes them, then marks the task Cancelled
+        task.status, task.control, task.updated_at = TaskStatus.Pending, "cancel", now
+        db.session.commit()
+        enqueue_task(task)
+    elif task.status in (TaskStatus.Pending, TaskStatus.Paused):
         task.status, task.control, task.completed_at, task.updated_at = TaskStatus.Cancelled, None, now, now
+        # a task that will never run again keeps no secret sealed for its worker
+        task.parameters = {k: v for k, v in (task.parameters or {}).items() if not k.startswith("_sealed")}
         db.session.commit()
         publish_event(account_id, "task.cancelled", {"taskId": task.task_id, "name": task.name, "type": task.type,
                                                      "cancelledAt": iso(now)})
@@ -160,6 +165,7 @@ def task_stats(account_id: uuid.UUID) -> dict:
         sa.select(Task.status, Task.type, sa.func.count(), sa.func.coalesce(sa.func.sum(Task.progress), 0))
         .where(Task.account_id == account_id).group_by(Task.status, Task.type)
     ).all()
+    rows = list(rows) + [(status, UPLOAD_TYPE, count, progress) for status, count, progress in upload_counts(account_id)]
     by_status = {s.name: 0 for s in TaskStatus}
     by_type: dict[str, int] = {}
     total, running, running_progress = 0, 0, 0.0

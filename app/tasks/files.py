@@ -59,11 +59,13 @@ class NewFile:
     """A file being written to a pool: `write()` bytes, then `publish()` it (quota reserved,
     row created) or `abort()`. The SHA-256 and size are computed as it is written."""
 
-    def __init__(self, account_id: uuid.UUID, pool: Pool | None = None):
+    def __init__(self, account_id: uuid.UUID, pool: Pool | None = None, file_id: uuid.UUID | None = None):
+        # `file_id`: a caller that must find its output again after a crash (a resumed task)
+        # chooses the id; by default a new random one.
         self.account_id = account_id
         self.pool = pool or ensure_default_pool()
         self.backend = backend_for(self.pool)
-        self.file_id = uuid.uuid4()
+        self.file_id = file_id or uuid.uuid4()
         self.key = f"files/{self.file_id}"
         self.writer = self.backend.open_writer(self.key)
         self.digest = hashlib.sha256()
@@ -90,7 +92,7 @@ class NewFile:
             file = CloudFile(
                 id=self.file_id, name=name, mime_type=mime_type, size=self.size, hash=self.digest.hexdigest(),
                 file_meta=file_meta or {}, user_meta={}, is_encrypted=False, encryption=None, pool_id=self.pool.id,
-                bundle_id=bundle_id, account_id=self.account_id, storage_key=self.key, stored_size=self.size,
+                bundle_id=uuid.UUID(str(bundle_id)) if bundle_id else None, account_id=self.account_id, storage_key=self.key, stored_size=self.size,
                 uploaded_at=now, created_at=now, updated_at=now)
             db.session.add(file)
             db.session.commit()

@@ -26,11 +26,13 @@ class TaskType:
     run: Callable
     display_name: str
     prepare: Callable | None = None  # (account_id, parameters) -> parameters to store; may raise ApiError
+    discard: Callable | None = None  # (ctx) -> None: undo what a paused run left, when it is cancelled
 
 
 def register_task_type(app, name: str, schema: type[Schema], run: Callable, *, display_name: str | None = None,
-                       prepare: Callable | None = None) -> TaskType:
-    task_type = TaskType(name=name, schema=schema, run=run, display_name=display_name or name, prepare=prepare)
+                       prepare: Callable | None = None, discard: Callable | None = None) -> TaskType:
+    task_type = TaskType(name=name, schema=schema, run=run, display_name=display_name or name, prepare=prepare,
+                         discard=discard)
     app.extensions.setdefault("drive.task_types", {})[name] = task_type
     return task_type
 

@@ -92,8 +92,9 @@ def test_transitions_list_stats_delete_and_tenancy(api, make_api, redis, worker)
     assert listed.headers["X-Total"] == "1" and listed.get_json()[0]["taskId"] == task_id
     assert api.get("/tasks?status=Pending").headers["X-Total"] == "0"
     assert_error(api.get("/tasks?status=Nope"), 400, "VALIDATION_ERROR")
-    stats = api.get("/tasks/stats").get_json()
-    assert stats["totalTasks"] == 1 and stats["byStatus"]["Completed"] == 1 and stats["byType"] == {"FileCompress": 1}
+    stats = api.get("/tasks/stats").get_json()  # the upload of x.bin is a FileUpload task
+    assert stats["totalTasks"] == 2 and stats["byStatus"]["Completed"] == 2
+    assert stats["byType"] == {"FileCompress": 1, "FileUpload": 1}
     other = make_api()
     for method, path in [("GET", f"/tasks/{task_id}"), ("POST", f"/tasks/{task_id}/pause"),
                          ("POST", f"/tasks/{task_id}/resume"), ("POST", f"/tasks/{task_id}/cancel"),
@@ -131,3 +132,64 @@ def test_a_paused_queued_task_never_starts_and_a_cancelled_one_neither(api, app,
         row = db.session.query(Task).filter_by(task_id=task_id).one()
         assert row.status == 6 and row.started_at is None
     assert_error(api.post(f"/tasks/{task_id}/resume"), 409, "INVALID_TASK_TRANSITION")
+
+
+def test_uploads_are_tasks_of_type_file_upload(api, make_api, worker):
+    """An upload shows in the task list (filtered, sorted and paged with the generic tasks)
+    and by its taskId, as a task of type FileUpload with the upload's progress."""
+    done_id = stored_file(api, random_bytes(3000), "done.bin")
+    open_task = api.create(random_bytes(2 * MIB), name="open.bin", chunkSize=MIB).get_json()
+    assert api.send_chunk(open_task["taskId"], 0, b"\0" * MIB).status_code == 200
+    listed = api.get("/tasks?type=FileUpload&sortBy=name&sortDescending=false")
+    assert listed.headers["X-Total"] == "2"
+    rows = listed.get_json()
+    assert [r["name"] for r in rows] == ["done.bin", "open.bin"]
+    assert [r["status"] for r in rows] == ["Completed", "InProgress"]
+    assert rows[0]["results"]["fileId"] == done_id and rows[0]["progress"] == 100.0
+    assert rows[1]["progress"] == 50.0 and rows[1]["parameters"]["chunksCount"] == 2
+    assert api.get("/tasks?status=InProgress").get_json()[0]["taskId"] == open_task["taskId"]
+    page = api.get("/tasks?limit=1&offset=1&sortBy=name&sortDescending=false")
+    assert page.headers["X-Total"] == "2" and page.get_json()[0]["name"] == "open.bin"
+    shown = api.get(f"/tasks/{open_task['taskId']}").get_json()
+    assert shown["type"] == "FileUpload" and shown["taskId"] == open_task["taskId"]
+    assert_error(make_api().get(f"/tasks/{open_task['taskId']}"), 404, "TASK_NOT_FOUND")
+
+
+def test_a_worker_takes_higher_priority_bands_first(app, settings, tmp_path):
+    """Tasks queued while no worker listens (their own QUEUE_PREFIX) run high, then default,
+    then low, whatever order they were created in, when one worker comes."""
+    from app import create_app
+    from app.auth import issue_token
+    from config import Config
+    from tests.conftest import process_env
+    from tests.support import flask_command, start_process
+
+    prefix = f"prio-{uuid.uuid4().hex[:8]}-"
+    other = create_app(Config.from_env(settings, QUEUE_PREFIX=prefix))
+    account = uuid.uuid4()
+    headers = {"Authorization": f"Bearer {issue_token(account, app=other)}"}
+    client = other.test_client()
+    created = []
+    for priority in (10, 50, 90, 20, 70, 40):
+        body = {"type": "Shout", "name": f"p{priority}", "priority": priority, "parameters": {"text": "hi"}}
+        response = client.post("/api/tasks", json=body, headers=headers)
+        assert response.status_code == 201, response.get_json()
+        created.append(response.get_json()["taskId"])
+    worker = start_process(flask_command("worker", "--burst", "--without-scheduler"),
+                           process_env(settings, QUEUE_PREFIX=prefix), str(tmp_path / "worker.log"),
+                           ready_marker="Listening on")
+    assert worker.proc.wait(60) == 0
+    rows = [client.get(f"/api/tasks/{t}", headers=headers).get_json() for t in created]
+    assert all(r["status"] == "Completed" for r in rows), rows
+    order = [r["name"] for r in sorted(rows, key=lambda r: r["startedAt"])]
+    assert order[:2] in (["p90", "p70"], ["p70", "p90"])   # high band first
+    assert sorted(order[2:4]) == ["p40", "p50"]            # then default
+    assert sorted(order[4:]) == ["p10", "p20"]             # then low
+
+
+def test_compress_puts_the_archive_in_the_bundle_given(api, redis, worker):
+    bundle = api.post("/bundles", json={"name": "backups"}).get_json()["id"]
+    file_id = stored_file(api, random_bytes(10_000), "x.bin")
+    task, _ = run_task(api, redis, {"type": "FileCompress", "parameters": {"fileIds": [file_id], "bundleId": bundle}})
+    assert task["status"] == "Completed", task
+    assert api.get(f"/files/{task['results']['resultFileId']}").get_json()["bundleId"] == bundle
