@@ -47,3 +47,15 @@ class StrictInt(fields.Integer):
         if not -(2**63) <= number < 2**63:
             raise ValidationError("Out of range.")
         return number
+
+
+def status_names(enum):
+    """A validator of a comma-separated list of the names of `enum` (e.g. 'Failed,Expired')."""
+
+    def validate(value: str) -> None:
+        names = {member.name for member in enum}
+        for name in value.split(","):
+            if name.strip() not in names:
+                raise ValidationError(f"Unknown status {name.strip()!r}; one of {sorted(names)}.")
+
+    return validate

@@ -1,10 +1,10 @@
 """Wire shapes of generic tasks (the seed's PersistentTask, camelCase)."""
 from __future__ import annotations
 
-from marshmallow import ValidationError, fields, validate, validates
+from marshmallow import fields, validate
 
 from app.models import TaskStatus
-from app.schemas.base import CamelSchema, StrictInt, UtcDateTime
+from app.schemas.base import CamelSchema, StrictInt, UtcDateTime, status_names
 from app.schemas.files import ListQuerySchema
 
 
@@ -44,17 +44,10 @@ class TaskSchema(CamelSchema):
 
 class TaskListQuerySchema(ListQuerySchema):
     type = fields.String()
-    status = fields.String()
+    status = fields.String(validate=status_names(TaskStatus))
     sort_by = fields.String(load_default="lastActivity", validate=validate.OneOf(
         ["name", "type", "status", "priority", "progress", "createdAt", "updatedAt", "lastActivity"]))
     sort_descending = fields.Boolean(load_default=True)
-
-    @validates("status")
-    def _status(self, value, **kwargs):
-        names = {s.name for s in TaskStatus}
-        for name in value.split(","):
-            if name.strip() not in names:
-                raise ValidationError(f"Unknown status {name.strip()!r}; one of {sorted(names)}.")
 
 
 class TaskStatsSchema(CamelSchema):

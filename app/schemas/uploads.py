@@ -6,7 +6,7 @@ import re
 from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models import UploadStatus
-from app.schemas.base import CamelSchema, StrictInt, UtcDateTime
+from app.schemas.base import CamelSchema, StrictInt, UtcDateTime, status_names
 from app.schemas.files import BundleSchema, CloudFileSchema, ListQuerySchema, PoolSchema
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -130,19 +130,12 @@ class PendingCompletionSchema(CamelSchema):
 
 
 class TaskListQuerySchema(ListQuerySchema):
-    status = fields.String()
+    status = fields.String(validate=status_names(UploadStatus))
     sort_by = fields.String(
         load_default="lastActivity",
         validate=validate.OneOf(["filename", "filesize", "createdAt", "updatedAt", "lastActivity"]),
     )
     sort_descending = fields.Boolean(load_default=True)
-
-    @validates("status")
-    def _status(self, value, **kwargs):
-        names = {s.name for s in UploadStatus}
-        for name in value.split(","):
-            if name.strip() not in names:
-                raise ValidationError(f"Unknown status {name.strip()!r}; one of {sorted(names)}.")
 
 
 class RecentQuerySchema(CamelSchema):

@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 from werkzeug.http import parse_options_header
 
-from app.extensions import db
 
 from tests.support import MIB, ApiClient, assert_error, database, quota_usage, random_bytes, sha256
 

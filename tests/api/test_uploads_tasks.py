@@ -9,7 +9,6 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from app.extensions import db
 
 from tests.support import MIB, ApiClient, assert_error, create_task, database, quota_usage, random_bytes, send_chunks, sha256
 
