@@ -56,7 +56,7 @@ def recover_tasks(heartbeat_timeout: float | None = None) -> list[str]:
         return []
     redis = get_redis()
     try:
-        working = _jobs_of_live_workers(redis)
+        working = jobs_of_live_workers(redis)
     except RedisError:
         log.warning("task recovery skipped: Redis is unavailable", exc_info=True)
         return []
@@ -75,7 +75,8 @@ def recover_tasks(heartbeat_timeout: float | None = None) -> list[str]:
     return acted
 
 
-def _jobs_of_live_workers(redis) -> set[str]:
+def jobs_of_live_workers(redis) -> set[str]:
+    """Ids of the jobs that live workers are executing now."""
     host = socket.gethostname()
     now = datetime.now(timezone.utc)
     jobs = set()

@@ -27,6 +27,7 @@ from app.services.chunks import _is_stale
 from app.services.uploads import get_task, uploaded_indices
 from jobs.finalize import done_channel, finalize_upload
 from jobs.queues import get_queue
+from jobs.recovery import jobs_of_live_workers
 
 DEAD = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -46,10 +47,16 @@ def _enqueue(task: UploadTask) -> None:
 
 
 def _ensure_job(task: UploadTask) -> None:
+    """Enqueue the finalize job again if RQ lost it, it died, or the worker running it is gone
+    (a SIGKILLed worker leaves its job 'started' until RQ notices, up to the job timeout)."""
+    redis = get_redis()
     try:
-        job = Job.fetch(_job_id(task), connection=get_redis())
+        job = Job.fetch(_job_id(task), connection=redis)
         status = job.get_status(refresh=True)
     except NoSuchJobError:
+        job, status = None, None
+    if status == JobStatus.STARTED and job.id not in jobs_of_live_workers(redis):
+        job.delete()  # its execution is over: RQ's later cleanup of it must not touch the new one
         status = None
     if status is None or status in DEAD:
         _enqueue(task)

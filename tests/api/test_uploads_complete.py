@@ -480,3 +480,33 @@ def test_complete_answers_202_while_finalizing_then_200(app, api, settings, work
     finally:
         with impatient_app.app_context():
             db.engine.dispose()
+
+
+def test_complete_restarts_a_finalize_job_whose_worker_died(api, app, redis, worker):
+    """A finalize job left 'started' by a worker that no longer exists (SIGKILL) is run again
+    by the next complete, and the upload finishes with one file."""
+    import sqlalchemy as sa
+    from rq.job import Job, JobStatus
+
+    from app.models import CloudFile, UploadTask
+    from app.models.types import utcnow
+    from jobs.finalize import finalize_upload
+
+    data = random_bytes(MIB + 5)
+    task = create_task(api, data, chunkSize=MIB)
+    send_chunks(api, task, data)
+    with database(app) as session:
+        row = session.scalar(sa.select(UploadTask).where(UploadTask.task_id == task["taskId"]))
+        row.finalize_requested_at = utcnow()  # as if complete had enqueued the job before the crash
+        pk = str(row.id)
+        session.commit()
+    with app.app_context():
+        ghost = Job.create(finalize_upload, args=[pk], id=f"finalize-{task['taskId']}", connection=redis)
+        ghost.set_status(JobStatus.STARTED)
+        ghost.save()
+    done = api.complete(task["taskId"])
+    assert done.status_code == 200, done.get_json()
+    assert sha256(api.get(f"/files/{done.get_json()['id']}/download").data) == sha256(data)
+    with database(app) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CloudFile).where(
+            CloudFile.account_id == api.account_id)) == 1
