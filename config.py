@@ -57,7 +57,7 @@ class Config:
     LIVE_PING_INTERVAL_SECONDS: int = 25   # WebSocket pings; a client missing a pong is dropped
     LIVE_SSE_KEEPALIVE_SECONDS: int = 15   # SSE comment lines through idle proxies
     LIVE_IDLE_CHECK_SECONDS: int = 30      # a socket thread's check that its client is still there
-    LIVE_AUTH_TIMEOUT_SECONDS: int = 10    # to send the first auth message
+    LIVE_AUTH_TIMEOUT_SECONDS: float = 10  # to send the first auth message
     LIVE_SEND_TIMEOUT_SECONDS: int = 10    # a client that stops reading is dropped after this
     QUOTA_DEFAULT_BYTES: int = 0           # 0: no limit for accounts without a quota row
     VAPID_PRIVATE_KEY: str = ""            # PEM or base64url raw P-256 key; empty: Web Push disabled
@@ -78,6 +78,8 @@ class Config:
                 continue
             if f.type == "int":
                 values[f.name] = _int(env, f.name, f.default)
+            elif f.type == "float":
+                values[f.name] = float(env[f.name]) if env[f.name] not in (None, "") else f.default
             elif f.type == "bool":
                 values[f.name] = _bool(env, f.name, f.default)
             else:

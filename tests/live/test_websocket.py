@@ -110,7 +110,7 @@ def test_a_bad_since_closes_with_4400(live_server, account, since):
 
 
 def test_no_auth_message_within_the_time_limit_closes_with_4401(fast_server):
-    """fast_server: LIVE_AUTH_TIMEOUT_SECONDS=1."""
+    """fast_server: LIVE_AUTH_TIMEOUT_SECONDS=1.5."""
     ws = connect(fast_server, None, how="none")
     opened = time.monotonic()  # the handshake is answered by the thread that then waits
     try:
