@@ -128,6 +128,11 @@ def live_server(app, settings, worker, tmp_path_factory):
 
 
 @pytest.fixture()
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture()
 def client(app):
     return app.test_client()
 

@@ -294,3 +294,17 @@ def release_redis_db(base_url: str, url: str) -> None:
 def generic_task_count(api) -> int:
     """How many generic tasks the account has (the task list also shows its uploads)."""
     return int(api.get("/tasks").headers["X-Total"]) - int(api.get("/tasks?type=FileUpload").headers["X-Total"])
+
+
+def invoke(runner, *args):
+    """Run a flask CLI command through app.test_cli_runner()."""
+    return runner.invoke(args=[str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments):
+    """A user error: non-zero exit, one readable message, no traceback."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output and "Error" in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output

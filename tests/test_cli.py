@@ -24,28 +24,9 @@ from app.models import UploadChunk, UploadTask
 from app.models.types import utcnow
 from app.services.pools import ensure_default_pool
 from app.storage import backend_for
-from tests.support import MIB, ROOT, flask_command, random_bytes
+from tests.support import MIB, ROOT, assert_clean_error, flask_command, invoke, random_bytes
 
 GIB = 1024 * MIB
-
-
-@pytest.fixture()
-def runner(app):
-    return app.test_cli_runner()
-
-
-def invoke(runner, *args):
-    return runner.invoke(args=[str(a) for a in args])
-
-
-def assert_clean_error(result, *fragments):
-    """A user error: non-zero exit, one readable message, no traceback."""
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    assert "Error" in result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 def fetch(statement):

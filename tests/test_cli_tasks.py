@@ -7,28 +7,10 @@ import secrets
 import uuid
 from datetime import timedelta
 
-import pytest
 
 from app.models import Task, TaskStatus
 from app.models.types import utcnow
-from tests.support import EventListener, database, random_bytes
-
-
-@pytest.fixture()
-def runner(app):
-    return app.test_cli_runner()
-
-
-def invoke(runner, *args):
-    return runner.invoke(args=[str(a) for a in args])
-
-
-def assert_clean_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output and "Error" in result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
+from tests.support import EventListener, assert_clean_error, database, invoke, random_bytes
 
 
 def make_task(app, account_id, status=TaskStatus.Completed, type_name="FileCompress", age_days=0.0,
