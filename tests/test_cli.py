@@ -318,3 +318,32 @@ def test_preferred_remote_names_the_default_pool(app, settings):
     details = other.test_client().get(f"/api/files/upload/tasks/{created.get_json()['taskId']}/details",
                                       headers={"Authorization": f"Bearer {token}"}).get_json()
     assert details["poolId"] == preferred
+
+
+def test_uploads_cleanup_removes_files_past_their_expiry(app, runner, make_api, worker):
+    """A file whose expiredAt has passed is deleted by cleanup: row, bytes and quota."""
+    from app.models import CloudFile
+    from tests.support import database, quota_usage
+
+    api = make_api()
+    done = api.upload(random_bytes(3000), name="old.bin")
+    assert done.status_code == 200, done.get_json()
+    file_id = done.get_json()["id"]
+    with database(app) as session:
+        row = session.get(CloudFile, uuid.UUID(file_id))
+        row.expired_at = utcnow() - timedelta(minutes=1)
+        key, pool_id = row.storage_key, row.pool_id
+        session.commit()
+    assert quota_usage(app, api.account_id)["used"] == 3000
+    dry = invoke(runner, "uploads", "cleanup", "--dry-run")
+    assert file_id in json.loads(dry.output)["expiredFiles"]
+    assert api.get(f"/files/{file_id}").status_code == 200  # a dry run changes nothing
+    result = invoke(runner, "uploads", "cleanup")
+    assert result.exit_code == 0, result.output
+    assert file_id in json.loads(result.output)["expiredFiles"]
+    assert api.get(f"/files/{file_id}").status_code == 404
+    assert quota_usage(app, api.account_id)["used"] == 0
+    with app.app_context():
+        from app.models import Pool
+
+        assert not backend_for(db.session.get(Pool, pool_id)).exists(key)
