@@ -14,9 +14,12 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import requests
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 ENVELOPE_KEYS = {"code", "message", "status", "details"}
+HTTP_TIMEOUT = 60  # seconds any one request to a real server may take
 
 
 def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
@@ -139,6 +142,107 @@ class ApiClient:
             sent = self.send_chunk(body["taskId"], index, data[index * size:(index + 1) * size])
             assert sent.status_code == 200, sent.get_json()
         return self.complete(body["taskId"])
+
+
+class LiveClient:
+    """requests against a real gunicorn (`live_server`, or a test's own) for one account, one
+    Session per thread."""
+
+    def __init__(self, base_url: str, token: str, account_id: uuid.UUID | None = None):
+        self.base = base_url + "/api"
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.account_id = account_id
+        self.local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self.local, "session"):
+            self.local.session = requests.Session()
+        return self.local.session
+
+    def create(self, data: bytes, **fields):
+        body = {"fileName": "big.bin", "fileSize": len(data), "contentType": "application/octet-stream",
+                "hash": sha256(data)}
+        body.update(fields)
+        response = self.post("/files/upload/create", json=body, headers=self.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, fresh: bool = False, **kwargs):
+        """`fresh`: on a connection of its own, closed after the response."""
+        if fresh:
+            with requests.Session() as session:
+                return session.post(self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
+        return self.session.post(self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
+
+    def send_raw(self, task_id: str, index: int, payload: bytes, fresh: bool = False):
+        return self.post(f"/files/upload/chunk/{task_id}/{index}", fresh, data=payload,
+                         headers=dict(self.headers, **{"Content-Type": "application/octet-stream"}))
+
+    def send_multipart(self, task_id: str, index: int, payload: bytes, checksum: str | None = None,
+                       fresh: bool = False):
+        headers = dict(self.headers)
+        if checksum:
+            headers["X-Chunk-SHA256"] = checksum
+        return self.post(f"/files/upload/chunk/{task_id}/{index}", fresh, headers=headers,
+                         files={"chunk": ("blob", payload, "application/octet-stream")})
+
+    def get(self, path: str, **kwargs):
+        return self.session.get(self.base + path, headers=self.headers, timeout=HTTP_TIMEOUT, **kwargs)
+
+    def complete(self, task_id: str) -> dict:
+        """Complete; a 202 (still finalizing) is answered by calling again, as a client would."""
+        for _ in range(6):
+            response = self.post(f"/files/upload/complete/{task_id}", headers=self.headers)
+            if response.status_code != 202:
+                assert response.status_code == 200, response.text
+                return response.json()
+        raise AssertionError(f"complete still pending: {response.text}")
+
+    def download_sha256(self, file_id: str) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        with self.get(f"/files/{file_id}/download", stream=True) as response:
+            assert response.status_code == 200, response.text
+            for block in response.iter_content(1024 * 1024):
+                digest.update(block)
+                size += len(block)
+        return digest.hexdigest(), size
+
+
+def chunk_rows(app, task_id: str) -> list[tuple[int, int, str, str]]:
+    """(index, size, sha256, storage key) of every chunk row of a task, by index."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    from app.extensions import db  # noqa: PLC0415
+    from app.models import UploadChunk, UploadTask  # noqa: PLC0415
+
+    with app.app_context():
+        rows = db.session.execute(
+            sa.select(UploadChunk.chunk_index, UploadChunk.size, UploadChunk.sha256, UploadChunk.storage_key)
+            .join(UploadTask, UploadTask.id == UploadChunk.task_id)
+            .where(UploadTask.task_id == task_id).order_by(UploadChunk.chunk_index)).all()
+        db.session.rollback()
+        return [tuple(row) for row in rows]
+
+
+def task_backend(app, task_id: str):
+    """The storage backend of an upload task's pool."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    from app.extensions import db  # noqa: PLC0415
+    from app.models import Pool, UploadTask  # noqa: PLC0415
+    from app.storage import backend_for  # noqa: PLC0415
+
+    with app.app_context():
+        pool_id = db.session.scalar(sa.select(UploadTask.pool_id).where(UploadTask.task_id == task_id))
+        backend = backend_for(db.session.get(Pool, pool_id))
+        db.session.rollback()
+        return backend
+
+
+def stored_objects(app, task_id: str) -> set[str]:
+    """The keys of every object stored under a task's chunk prefix (temporary files too)."""
+    return {key for key, _ in task_backend(app, task_id).list_objects(f"uploads/{task_id}")}
 
 
 class EventListener:

@@ -7,7 +7,6 @@ The racing sends each use a connection of their own; what becomes of a kept-aliv
 after a chunk is refused early is the subject of its own test at the end."""
 from __future__ import annotations
 
-import hashlib
 import http.client
 import random
 import threading
@@ -15,79 +14,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
-import sqlalchemy as sa
 
 from app.auth import issue_token
-from app.extensions import db
-from app.models import Pool, UploadChunk, UploadTask
-from app.storage import backend_for
-from tests.support import MIB, random_bytes, sha256
+from tests.support import MIB, LiveClient, chunk_rows, random_bytes, sha256, stored_objects
 
 TIMEOUT = 60
-
-
-class Client:
-    """requests against the live server, one Session per thread."""
-
-    def __init__(self, base_url: str, token: str):
-        self.base = base_url + "/api"
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.local = threading.local()
-
-    @property
-    def session(self) -> requests.Session:
-        if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
-        return self.local.session
-
-    def create(self, data: bytes, **fields):
-        body = {"fileName": "big.bin", "fileSize": len(data), "contentType": "application/octet-stream",
-                "hash": sha256(data)}
-        body.update(fields)
-        response = self.post("/files/upload/create", json=body, headers=self.headers)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def post(self, path: str, fresh: bool = False, **kwargs):
-        """`fresh`: on a connection of its own, closed after the response."""
-        if fresh:
-            with requests.Session() as session:
-                return session.post(self.base + path, timeout=TIMEOUT, **kwargs)
-        return self.session.post(self.base + path, timeout=TIMEOUT, **kwargs)
-
-    def send_raw(self, task_id: str, index: int, payload: bytes, fresh: bool = False):
-        return self.post(f"/files/upload/chunk/{task_id}/{index}", fresh, data=payload,
-                         headers=dict(self.headers, **{"Content-Type": "application/octet-stream"}))
-
-    def send_multipart(self, task_id: str, index: int, payload: bytes, checksum: str | None = None,
-                       fresh: bool = False):
-        headers = dict(self.headers)
-        if checksum:
-            headers["X-Chunk-SHA256"] = checksum
-        return self.post(f"/files/upload/chunk/{task_id}/{index}", fresh, headers=headers,
-                         files={"chunk": ("blob", payload, "application/octet-stream")})
-
-    def get(self, path: str, **kwargs):
-        return self.session.get(self.base + path, headers=self.headers, timeout=TIMEOUT, **kwargs)
-
-    def complete(self, task_id: str) -> dict:
-        """Complete; a 202 (still finalizing) is answered by calling again, as a client would."""
-        for _ in range(6):
-            response = self.post(f"/files/upload/complete/{task_id}", headers=self.headers)
-            if response.status_code != 202:
-                assert response.status_code == 200, response.text
-                return response.json()
-        raise AssertionError(f"complete still pending: {response.text}")
-
-    def download_sha256(self, file_id: str) -> tuple[str, int]:
-        digest, size = hashlib.sha256(), 0
-        with self.get(f"/files/{file_id}/download", stream=True) as response:
-            assert response.status_code == 200, response.text
-            for block in response.iter_content(1024 * 1024):
-                digest.update(block)
-                size += len(block)
-        return digest.hexdigest(), size
 
 
 @pytest.fixture()
@@ -95,25 +26,7 @@ def live_client(app, live_server):
     account = uuid.uuid4()
     with app.app_context():
         token = issue_token(account)
-    return Client(live_server, token)
-
-
-def chunk_rows(app, task_id: str) -> list[tuple[int, int, str, str]]:
-    with app.app_context():
-        rows = db.session.execute(
-            sa.select(UploadChunk.chunk_index, UploadChunk.size, UploadChunk.sha256, UploadChunk.storage_key)
-            .join(UploadTask, UploadTask.id == UploadChunk.task_id)
-            .where(UploadTask.task_id == task_id).order_by(UploadChunk.chunk_index)).all()
-        db.session.rollback()
-        return [tuple(row) for row in rows]
-
-
-def stored_objects(app, task_id: str) -> set[str]:
-    with app.app_context():
-        pool_id = db.session.scalar(sa.select(UploadTask.pool_id).where(UploadTask.task_id == task_id))
-        backend = backend_for(db.session.get(Pool, pool_id))
-        db.session.rollback()
-        return {key for key, _ in backend.list_objects(f"uploads/{task_id}")}
+    return LiveClient(live_server, token)
 
 
 def test_parallel_shuffled_upload_with_a_duplicate_race_per_chunk(app, live_client):

@@ -1,0 +1,99 @@
+"""Fixtures of the fault tests: processes a test may kill, stop and start again.
+
+- `web_servers`: start(port=None, **options) → a WebServer, a gunicorn of this test alone on
+  the session's database, Redis and storage (finalizing is left to the session's `worker`).
+  Started again on the same port after a crash, it is "the same server" to a client.
+  Every server a test started is stopped when the test ends, however it ended.
+- `make_client`: make_client(base_url) → a LiveClient (tests/support.py) of a new account.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import make_token, process_env
+from tests.support import LiveClient, Process, free_port, start_process
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(child) for child in fh.read().split()]
+    except OSError:
+        return []
+
+
+@dataclass
+class WebServer:
+    port: int
+    process: Process
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def master_pid(self) -> int:
+        return self.process.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.master_pid)
+
+    def kill(self) -> None:
+        """kill -9 of the master and all its workers, as a machine losing power would do:
+        everything is frozen first (SIGSTOP), so no process sees another go and reacts."""
+        os.kill(self.master_pid, signal.SIGSTOP)  # it can no longer replace a worker
+        workers = self.worker_pids()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in [self.master_pid, *workers]:
+            os.kill(pid, signal.SIGKILL)
+        self.process.proc.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM to the master: gunicorn's graceful shutdown."""
+        os.kill(self.master_pid, signal.SIGTERM)
+
+
+def gunicorn_command(port: int, workers: int, threads: int, graceful_timeout: float) -> list[str]:
+    """The Procfile's web command, sized for a test."""
+    return [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", str(workers),
+            "--worker-class", "app.gunicorn_worker.DriveThreadWorker", "--threads", str(threads),
+            "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", str(graceful_timeout),
+            "wsgi:app"]
+
+
+@pytest.fixture()
+def web_servers(app, settings, tmp_path):
+    """start(port=None, workers=2, threads=8, graceful_timeout=2, **env) → a running WebServer."""
+    started: list[WebServer] = []
+
+    def start(port: int | None = None, workers: int = 2, threads: int = 8, graceful_timeout: float = 2,
+              **env) -> WebServer:
+        port = port or free_port()
+        log = str(tmp_path / f"gunicorn-{port}-{len(started)}.log")
+        process = start_process(gunicorn_command(port, workers, threads, graceful_timeout),
+                                process_env(settings, **env), log, ready_marker="Booting worker")
+        server = WebServer(port, process)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.process.stop()
+
+
+@pytest.fixture()
+def make_client(app):
+    """make_client(base_url) → a LiveClient of a new account."""
+
+    def factory(base_url: str) -> LiveClient:
+        account_id = uuid.uuid4()
+        return LiveClient(base_url, make_token(app, account_id), account_id)
+
+    return factory
