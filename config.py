@@ -34,6 +34,7 @@ class Config:
     STORAGE_UPLOADS_PATH: str = ""         # empty: <instance>/uploads
     STORAGE_PREFERRED_REMOTE: str = ""     # id of the pool used when a create names none
     STORAGE_FSYNC: bool = True             # fsync chunks and files before recording them
+    UPLOAD_HASH_AHEAD: bool = True         # web processes advance the whole file's SHA-256 as chunks arrive
     UPLOAD_DEFAULT_CHUNK_SIZE: int = 5 * MIB
     UPLOAD_MAX_CHUNK_SIZE: int = 16 * MIB
     UPLOAD_MIN_CHUNK_SIZE: int = 1 * MIB

@@ -8,7 +8,6 @@ the task is marked Failed, the failure published, and the exception re-raised.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 
@@ -21,7 +20,7 @@ from app.extensions import db
 from app.models import CloudFile, Pool, UploadChunk, UploadStatus, UploadTask
 from app.models.types import utcnow
 from app.redis_client import get_redis
-from app.services import quotas
+from app.services import file_hash, quotas
 from app.services.file_meta import probe_file_meta
 from app.services.uploads import remove_task_chunks
 from app.storage import Composing, Concatenating, backend_for
@@ -87,7 +86,8 @@ def _finalize(task: UploadTask) -> str:
     file_id = uuid.uuid4()
     key = f"files/{file_id}"
     buffer = bytearray(READ_BLOCK)
-    digest = hashlib.sha256()
+    # the leading chunks that the web processes hashed already as they arrived
+    hashed, digest = file_hash.resume(task.id, chunks)
     encryption = None
     # Detach what was loaded and end the transaction: none is held while bytes move
     # (on SQLite an open transaction would hold the database's write lock).
@@ -99,9 +99,10 @@ def _finalize(task: UploadTask) -> str:
         encryptor = crypto.SegmentEncryptor(file_key)
         writer = backend.open_writer(key)
         try:
-            for chunk in chunks:
+            for number, chunk in enumerate(chunks):
                 for block in _read_blocks(backend, chunk.storage_key, buffer):
-                    digest.update(block)
+                    if number >= hashed:
+                        digest.update(block)
                     for sealed in encryptor.update(block):
                         writer.write(sealed)
             _check_hash(task, digest)
@@ -112,7 +113,7 @@ def _finalize(task: UploadTask) -> str:
             raise
     else:
         # hash first, then join the chunks; a mismatch assembles nothing
-        for chunk in chunks:
+        for chunk in chunks[hashed:]:
             for block in _read_blocks(backend, chunk.storage_key, buffer):
                 digest.update(block)
         _check_hash(task, digest)
@@ -182,6 +183,7 @@ def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
     })
     _announce(task.task_id, "Completed")
     remove_task_chunks(task)
+    file_hash.forget(task_pk)
     return str(file_id)
 
 
@@ -208,6 +210,7 @@ def _fail(task_pk: str, message: str) -> None:
     })
     _announce(task.task_id, "Failed")
     remove_task_chunks(task)
+    file_hash.forget(task.id)
 
 
 def _announce(task_id: str, status: str) -> None:

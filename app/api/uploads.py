@@ -55,9 +55,7 @@ def create_upload(data):
 def upload_chunk(task_id, chunk_index):
     """Send one chunk: a raw application/octet-stream body, or the multipart field `chunk`.
     Optional header X-Chunk-SHA256 is checked before the chunk is accepted."""
-    chunk_body = ChunkBody(request.stream, request.content_type, request.content_length,
-                           request.headers.get("X-Chunk-SHA256"))
-    return chunks.receive_chunk(g.account_id, task_id, chunk_index, chunk_body)
+    return chunks.receive_chunk(g.account_id, task_id, chunk_index, ChunkBody.from_request(request))
 
 
 @api.post("/files/upload/complete/<task_id>")

@@ -23,6 +23,7 @@ from app.events import iso, publish_event
 from app.extensions import db
 from app.models import Pool, UploadChunk, UploadStatus, UploadTask
 from app.models.types import utcnow
+from app.services import file_hash
 from app.services.chunk_body import ChunkBody
 from app.services.task_cache import TaskMeta, task_meta
 from app.storage import StorageFull, backend_for
@@ -162,7 +163,9 @@ def _receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: Ch
         writer.abort()
         raise
 
-    return _record(task_pk, task_id, index, size, sha256, key, backend)
+    receipt = _record(task_pk, task_id, index, size, sha256, key, backend)
+    file_hash.advance(task_pk, backend)
+    return receipt
 
 
 def _closed_meanwhile(task_pk, task_id):
