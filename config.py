@@ -60,6 +60,9 @@ class Config:
     LIVE_IDLE_CHECK_SECONDS: int = 30      # a socket thread's check that its client is still there
     LIVE_AUTH_TIMEOUT_SECONDS: float = 10  # to send the first auth message
     LIVE_SEND_TIMEOUT_SECONDS: int = 10    # a client that stops reading is dropped after this
+    METRICS_ENABLED: bool = True           # GET /metrics (Prometheus); off: no route, nothing recorded
+    METRICS_DIR: str = ""                  # prometheus_client's multiprocess files; empty: <instance>/metrics
+    METRICS_TOKEN: str = ""                # if set, /metrics needs Authorization: Bearer <it>
     QUOTA_DEFAULT_BYTES: int = 0           # 0: no limit for accounts without a quota row
     VAPID_PRIVATE_KEY: str = ""            # PEM or base64url raw P-256 key; empty: Web Push disabled
     VAPID_PUBLIC_KEY: str = ""             # optional: checked against the private key's public half
@@ -98,6 +101,7 @@ class Config:
             self.DATABASE_URL or "sqlite:///" + os.path.join(instance, "drive.sqlite3")
         )
         out["STORAGE_UPLOADS_PATH"] = self.STORAGE_UPLOADS_PATH or os.path.join(instance, "uploads")
+        out["METRICS_DIR"] = os.path.abspath(self.METRICS_DIR or os.path.join(instance, "metrics"))
         out["SQLALCHEMY_DATABASE_URI"] = out["DATABASE_URL"]
         out["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(out["DATABASE_URL"])
         return out

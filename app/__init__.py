@@ -25,6 +25,7 @@ def create_app(config: Config | None = None) -> Flask:
     from app.database import configure_engine
     from app.errors import register_error_handlers
     from app.extensions import db, migrate, sock
+    from app.metrics import init_metrics
     from app.redis_client import init_redis
 
     db.init_app(app)
@@ -35,6 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     register_error_handlers(app)
     register_request_id(app)
     register_blueprints(app)
+    init_metrics(app)
     register_cli(app)
     register_task_types(app)
     return app

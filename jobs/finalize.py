@@ -17,6 +17,7 @@ from rq import get_current_job
 from app import crypto
 from app.events import iso, publish_event
 from app.extensions import db
+from app.metrics import timed_finalize
 from app.models import CloudFile, Pool, UploadChunk, UploadStatus, UploadTask
 from app.models.types import utcnow
 from app.redis_client import get_redis
@@ -79,6 +80,7 @@ def _read_blocks(backend, key: str, buffer: bytearray):
             yield view[:count]
 
 
+@timed_finalize
 def _finalize(task: UploadTask) -> str:
     chunks = _chunks(task)
     pool = db.session.get(Pool, task.pool_id)

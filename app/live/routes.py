@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, request
 from redis.exceptions import RedisError
 from simple_websocket import ConnectionClosed
 
+from app import metrics
 from app.auth import decode_token
 from app.errors import ApiError, BadRequest, ServiceUnavailable, Unauthorized
 from app.extensions import sock
@@ -98,6 +99,7 @@ def websocket(ws):
     # sets `ws.event` then), instead of finding out at the next idle check.
     ws.event = _WakeEvent(packets.subscription.queue)
     ws.sock.settimeout(app.config["LIVE_SEND_TIMEOUT_SECONDS"])  # a client that stops reading
+    metrics.live_connection_opened("websocket")
     try:
         # subscribed: every event published from now on will be delivered
         ws.send(json.dumps({"type": "auth.ok", "data": {"accountId": str(account_id)}}))
@@ -115,6 +117,7 @@ def websocket(ws):
         ws.close(CLOSE_UNAVAILABLE, "events unavailable; reconnect with ?since=")
     finally:
         packets.close()
+        metrics.live_connection_closed("websocket")
 
 
 @live.get("/events")
@@ -133,6 +136,7 @@ def server_sent_events():
                                  headers={"Retry-After": "5"}) from error
 
     def body():
+        metrics.live_connection_opened("sse")  # here: the finally below runs only once body() started
         try:
             yield "retry: 3000\n: connected\n\n"
             for packet in packets:
@@ -142,6 +146,7 @@ def server_sent_events():
                     yield f"id: {packet['id']}\ndata: {json.dumps(packet, separators=(',', ':'))}\n\n"
         finally:
             packets.close()
+            metrics.live_connection_closed("sse")
 
     return current_app.response_class(body(), mimetype="text/event-stream", headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

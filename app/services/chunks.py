@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.errors import ApiError, BadRequest, Conflict, Gone, InsufficientStorage, NotFound, PayloadTooLarge
 from app.events import iso, publish_event
 from app.extensions import db
@@ -97,7 +98,8 @@ def receive_chunk(account_id: uuid.UUID, task_id: str, raw_index: str, body: Chu
     body, so the connection stays usable for the client's next chunk)."""
     try:
         return _receive_chunk(account_id, task_id, raw_index, body)
-    except ApiError:
+    except ApiError as error:
+        metrics.chunk_refused(error.code)
         body.discard_rest(current_app.config["UPLOAD_MAX_CHUNK_SIZE"] + DISCARD_SLACK)
         raise
 
@@ -208,6 +210,7 @@ def _record(task_pk, task_id, index, size, sha256, key, backend) -> dict:
         backend.delete(key)
         raise
 
+    metrics.chunk_stored(size)
     uploaded, total = row.chunks_uploaded, row.chunks_count
     progress = round(100.0 * uploaded / total, 2)
     step_crossed = uploaded * PROGRESS_STEPS // total != (uploaded - 1) * PROGRESS_STEPS // total
