@@ -69,6 +69,25 @@ class Config:
     VAPID_SUBJECT: str = "mailto:admin@localhost"  # VAPID `sub`: how push services reach the operator
     PUSH_TTL_SECONDS: int = 86400          # how long a push service keeps a message for an offline browser
     PUSH_ALLOW_INSECURE_ENDPOINTS: bool = False  # accept http://127.0.0.1 / localhost endpoints (tests)
+    # Rate limits per route group (app/ratelimit.py), per account (else per client IP), in the
+    # syntax of `limits` ("600/minute", several joined by ";"); empty: that group is not limited.
+    RATELIMIT_ENABLED: bool = True
+    RATELIMIT_CREATE: str = "600/minute"     # POST /files/upload/create and POST /tasks
+    RATELIMIT_CHUNK: str = "12000/minute"    # chunk uploads (counted per request, not per byte)
+    RATELIMIT_WRITE: str = "1200/minute"     # complete, cancel, delete and every other write
+    RATELIMIT_READ: str = "3000/minute"      # GET routes of the API
+    RATELIMIT_LIVE: str = "300/minute"       # WebSocket and SSE connections opened
+    RATELIMIT_STRATEGY: str = "fixed-window"  # or "moving-window", "sliding-window-counter"
+    CORS_ORIGINS: str = ""                 # comma-separated origins allowed cross-origin, or *; empty: CORS off
+    CORS_MAX_AGE: int = 600                # seconds a browser may cache a preflight answer
+    # X-Forwarded-* values to trust (werkzeug ProxyFix): how many proxies set each; 0: ignored
+    PROXY_FIX_X_FOR: int = 0
+    PROXY_FIX_X_PROTO: int = 0
+    PROXY_FIX_X_HOST: int = 0
+    PROXY_FIX_X_PORT: int = 0
+    PROXY_FIX_X_PREFIX: int = 0
+    AUDIT_LOG_PATH: str = ""               # audit JSON lines appended here; empty: to stderr
+    AUDIT_LOG_CHUNKS: bool = False         # also a line per stored chunk (refused chunks always)
     LOG_LEVEL: str = "INFO"
     TESTING: bool = False
     extra: dict = field(default_factory=dict)

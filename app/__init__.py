@@ -35,6 +35,7 @@ def create_app(config: Config | None = None) -> Flask:
     init_redis(app)
     register_error_handlers(app)
     register_request_id(app)
+    register_edge(app)
     register_blueprints(app)
     init_metrics(app)
     register_cli(app)
@@ -53,6 +54,20 @@ def register_task_types(app: Flask) -> None:
     register_builtin_task_types(app)
     for module_path in filter(None, (m.strip() for m in app.config.get("TASK_TYPE_MODULES", "").split(","))):
         importlib.import_module(module_path).register(app)
+
+
+def register_edge(app: Flask) -> None:
+    """What sits between the client and the routes: trusted proxy headers, rate limits (after
+    the request id, so a 429 carries one), CORS and the audit log."""
+    from app.audit import init_audit
+    from app.cors import init_cors
+    from app.proxy import init_proxy_fix
+    from app.ratelimit import init_rate_limits
+
+    init_proxy_fix(app)
+    init_rate_limits(app)
+    init_cors(app)
+    init_audit(app)
 
 
 def register_request_id(app: Flask) -> None:

@@ -46,3 +46,19 @@ def authenticate_request() -> None:
         raise Unauthorized("Send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": 'Bearer realm="drive"'})
     g.account_id, g.claims = decode_token(token.strip())
+
+
+def request_account() -> uuid.UUID | None:
+    """The account of this request's bearer token (the header, else `?token=` as the live
+    routes take it) when the token is valid, else None; never raises. For what must know the
+    caller before, or without, the route's own authentication: the rate limiter's key and the
+    audit log's account. Decoded once per request."""
+    if "bearer_account" not in g:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        token = token or request.args.get("token", "")
+        try:
+            g.bearer_account = decode_token(token)[0] if token else None
+        except Unauthorized:
+            g.bearer_account = None
+    return g.bearer_account

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from redis.exceptions import RedisError
 
+from app.audit import audit_event
 from app.redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def publish_event(account_id, event_type: str, data: dict, redis=None) -> int | None:
-    """Publish `{"id", "type", "data"}` to the account; returns the id, None if Redis failed."""
+    """Publish `{"id", "type", "data"}` to the account; returns the id, None if Redis failed.
+    Outside a request it is also the change's audit line (app/audit.py), Redis or not."""
+    audit_event(account_id, event_type, data)
     redis = redis or get_redis()
     try:
         event_id = int(_script(redis)(keys=keys_for(account_id),

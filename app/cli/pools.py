@@ -6,6 +6,7 @@ import click
 from flask.cli import AppGroup
 import sqlalchemy as sa
 
+from app.audit import record
 from app.cli.common import account_uuid, parse_size
 from app.extensions import db
 from app.models import Pool
@@ -41,6 +42,7 @@ def create_pool(name, backend, root, max_file_size, accepted, no_encryption, chu
     )
     db.session.add(pool)
     db.session.commit()
+    record("pool.create", account=pool.account_id, ids={"poolId": str(pool.id)}, name=name, backend=backend)
     click.echo(str(pool.id))
 
 

@@ -5,6 +5,7 @@ import json
 import click
 from flask.cli import AppGroup
 
+from app.audit import record
 from app.cli.common import account_uuid, parse_size
 from app.services import quotas as quota_service
 
@@ -25,6 +26,7 @@ def set_quota(account_id, limit, unlimited, use_default):
         raise click.UsageError("give exactly one of LIMIT, --unlimited or --default")
     value = -1 if unlimited else None if use_default else parse_size(limit)
     quota_service.set_limit(account_uuid(account_id), value)
+    record("quota.set", account=account_uuid(account_id), limitBytes=value)  # -1 unlimited, None the default
     click.echo(json.dumps(quota_service.usage(account_uuid(account_id))))
 
 

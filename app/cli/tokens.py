@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
+from app.audit import record
 from app.auth import issue_token
 from app.cli.common import account_uuid
 
@@ -20,4 +21,7 @@ def create_token(account_id, admin, ttl_hours):
     """Print a JWT (HS256, JWT_SECRET) for ACCOUNT_ID."""
     if ttl_hours <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--ttl")
-    click.echo(issue_token(account_uuid(account_id), admin=admin, ttl_hours=ttl_hours))
+    account = account_uuid(account_id)
+    token = issue_token(account, admin=admin, ttl_hours=ttl_hours)
+    record("token.issue", account=account, admin=admin, ttlHours=ttl_hours)  # never the token itself
+    click.echo(token)
