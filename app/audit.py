@@ -60,11 +60,13 @@ ACTIONS = {
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when the line is written (a test runner swaps it)."""
+    """Writes to the process's own stderr (file descriptor 2), not to whatever `sys.stderr`
+    is at the moment: a CLI command's output (click's runner swaps sys.stderr and mixes it
+    into what a command prints) must stay only what the command prints."""
 
     @property
     def stream(self):
-        return sys.stderr
+        return sys.__stderr__ or sys.stderr
 
     @stream.setter
     def stream(self, _value):
