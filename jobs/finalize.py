@@ -3,8 +3,10 @@
 Safe to run twice: the task row's status is the guard (only an InProgress task is finalized,
 and the transition to Completed is a conditional UPDATE, so only one run publishes a file).
 The hash is checked before any file is assembled: a mismatch ends the task Failed, stores
-nothing and releases the reservation. An unexpected error is retried by RQ; on the last try
-the task is marked Failed, the failure published, and the exception re-raised.
+nothing and releases the reservation. No room to store the file (StorageFull) fails nothing:
+the run gives its claim back and the next complete tries again. An unexpected error is retried
+by RQ; on the last try the task is marked Failed, the failure published, and the exception
+re-raised.
 """
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ from app.redis_client import get_redis
 from app.services import file_hash, quotas
 from app.services.file_meta import probe_file_meta
 from app.services.uploads import remove_task_chunks
-from app.storage import Composing, Concatenating, backend_for
+from app.storage import Composing, Concatenating, StorageFull, backend_for
 from jobs.context import with_app
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 8 * 1024 * 1024
+NO_ROOM = "No space left to store the file; complete again once there is room"
 
 
 def done_channel(task_id: str) -> str:
@@ -50,6 +53,10 @@ def finalize_upload(task_pk: str) -> str | None:
     except UploadRejected as error:
         db.session.rollback()
         _fail(task_pk, str(error))
+        return None
+    except StorageFull:
+        db.session.rollback()
+        _postpone(task_pk, NO_ROOM)
         return None
     except Exception as error:
         db.session.rollback()
@@ -187,6 +194,25 @@ def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
     remove_task_chunks(task)
     file_hash.forget(task_pk)
     return str(file_id)
+
+
+def _postpone(task_pk: str, message: str) -> None:
+    """No room to store the file: give the finalize claim back instead of failing. The task
+    stays open with its chunks and its reservation (a full disk is no fault of the upload, and
+    retrying at once would only fill the disk's last bytes again); the waiting complete answers
+    507 and the next complete starts a new run."""
+    now = utcnow()
+    moved = db.session.execute(
+        sa.update(UploadTask)
+        .where(UploadTask.id == uuid.UUID(task_pk), UploadTask.status == UploadStatus.InProgress,
+               UploadTask.finalize_requested_at.is_not(None))
+        .values(finalize_requested_at=None, error_message=message, updated_at=now)
+    ).rowcount
+    db.session.commit()
+    if moved == 1:
+        task = db.session.get(UploadTask, uuid.UUID(task_pk))
+        log.warning("upload %s postponed: %s", task.task_id, message)
+        _announce(task.task_id, "Postponed")
 
 
 def _fail(task_pk: str, message: str) -> None:

@@ -51,7 +51,8 @@ def create_upload(data):
 @response(ChunkReceiptSchema, 200, "The chunk is stored")
 @other_responses({409: (None, "CHUNK_ALREADY_UPLOADED (details: size, sha256)"),
                   400: (None, "CHUNK_SIZE_MISMATCH / CHUNK_CHECKSUM_MISMATCH / CHUNK_INDEX_OUT_OF_RANGE"),
-                  410: (None, "UPLOAD_EXPIRED"), 413: (None, "CHUNK_TOO_LARGE")})
+                  410: (None, "UPLOAD_EXPIRED"), 413: (None, "CHUNK_TOO_LARGE"),
+                  507: (None, "STORAGE_FULL: nothing was kept; send the chunk again later")})
 def upload_chunk(task_id, chunk_index):
     """Send one chunk: a raw application/octet-stream body, or the multipart field `chunk`.
     Optional header X-Chunk-SHA256 is checked before the chunk is accepted."""
@@ -61,7 +62,8 @@ def upload_chunk(task_id, chunk_index):
 @api.post("/files/upload/complete/<task_id>")
 @response(CloudFileSchema, 200, "The stored file")
 @other_responses({202: (PendingCompletionSchema, "Still finalizing: call again after Retry-After"),
-                  400: (None, "CHUNKS_MISSING / UPLOAD_FAILED"), 410: (None, "UPLOAD_EXPIRED")})
+                  400: (None, "CHUNKS_MISSING / UPLOAD_FAILED"), 410: (None, "UPLOAD_EXPIRED"),
+                  507: (None, "STORAGE_FULL: the upload stays open; complete again later")})
 def complete_upload(task_id):
     """Complete the upload: verify the SHA-256 and store the file (waits up to
     UPLOAD_COMPLETE_WAIT_SECONDS)."""

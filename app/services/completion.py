@@ -4,7 +4,9 @@ and wait (up to UPLOAD_COMPLETE_WAIT_SECONDS) for it to publish the file.
 `finalize_requested_at` is set by one conditional UPDATE, so of many concurrent completes
 only one enqueues the job. A later complete finds the job by its id; if RQ lost it (Redis
 restarted, the worker was killed and the job abandoned) while the task is still open, it is
-enqueued again: finalizing is idempotent.
+enqueued again: finalizing is idempotent. A job that finds no room to store the file gives
+the claim back (the upload stays open, chunks and reservation kept): the complete waiting for
+it answers 507 STORAGE_FULL, and the next complete claims and enqueues afresh.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from app.errors import BadRequest, Gone, ServiceUnavailable
+from app.errors import BadRequest, Gone, InsufficientStorage, ServiceUnavailable
 from app.extensions import db
 from app.models import CloudFile, UploadStatus, UploadTask
 from app.models.types import utcnow
@@ -93,7 +95,7 @@ def complete_upload(account_id: uuid.UUID, task_id: str):
             sa.update(UploadTask)
             .where(UploadTask.id == task.id, UploadTask.status == UploadStatus.InProgress,
                    UploadTask.finalize_requested_at.is_(None), UploadTask.deleted_at.is_(None))
-            .values(finalize_requested_at=now, updated_at=now, last_activity=now)
+            .values(finalize_requested_at=now, error_message=None, updated_at=now, last_activity=now)
         ).rowcount
         db.session.commit()
         task = db.session.get(UploadTask, task.id)
@@ -122,6 +124,8 @@ def _wait(task_pk: uuid.UUID, task_id: str):
             result = _outcome(task)
             if result is not None:
                 return result
+            if task.finalize_requested_at is None and task.error_message:  # the job gave its claim back
+                raise InsufficientStorage(task.error_message, code="STORAGE_FULL", details={"taskId": task_id})
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return task
