@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -58,6 +59,13 @@ class WebServer:
     def terminate(self) -> None:
         """SIGTERM to the master: gunicorn's graceful shutdown."""
         os.kill(self.master_pid, signal.SIGTERM)
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20) -> None:
+        """Return once `count` lines of the server's output contain `text`."""
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in list(self.process.lines)) < count:
+            assert time.monotonic() < deadline, f"{count} x {text!r} not logged:\n{''.join(self.process.lines[-20:])}"
+            time.sleep(0.02)
 
 
 def gunicorn_command(port: int, workers: int, threads: int, graceful_timeout: float) -> list[str]:
