@@ -41,6 +41,7 @@ from tests.support import (  # noqa: E402 - shared with the tests: claiming a sc
 )
 
 KIB, MIB, GIB = 1024, 1024 ** 2, 1024 ** 3
+WORKER_CLASS = "app.gunicorn_worker.DriveThreadWorker"  # gthread with Drive's additions, as in production
 MB = 10 ** 6
 
 
@@ -289,7 +290,8 @@ def json_request(port: int, method: str, path: str, token: str | None, payload=N
 class Service:
     """The real processes in a temp instance; every start registers its own undo on `stack`.
 
-    gunicorn runs `web_workers` gthread workers of `threads` threads each, plus `gunicorn_args`
+    gunicorn runs `web_workers` workers of `threads` threads each (WORKER_CLASS, as the Procfile
+    does), plus `gunicorn_args`
     (e.g. ["--worker-connections", "1200"]); `settings` are more environment variables for every
     process of the service (e.g. {"LIVE_PING_INTERVAL_SECONDS": "25"}).
     """
@@ -410,7 +412,7 @@ class Service:
     def _start_gunicorn(self, name: str, workers: int, threads: int, gunicorn_args: list) -> tuple[Child, int]:
         port = free_port()
         web = start_child(name, [
-            GUNICORN, "--workers", str(workers), "--worker-class", "gthread",
+            GUNICORN, "--workers", str(workers), "--worker-class", WORKER_CLASS,
             "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--timeout", "300",
             *gunicorn_args, "wsgi:app"], self.env(), self.folder)
         self.stack.callback(web.stop)

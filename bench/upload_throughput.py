@@ -1,6 +1,7 @@
 """Upload throughput of Drive, end to end, against the machine's own ceilings.
 
     .venv/bin/python bench/upload_throughput.py [--size 1GiB] [--connections 2] [--chunk-size 8MiB]
+                                                [--no-hash-ahead] [--no-fsync] [--only raw|multipart]
 
 One run:
 1. makes a random file (--size) in a temp folder;
@@ -11,7 +12,7 @@ One run:
 3. starts the service for real in a temp instance: a fresh SQLite database (or, when
    DATABASE_URL is set, a fresh schema in that PostgreSQL database, dropped at the end), the
    Redis of REDIS_URL (a database number claimed the way tests/conftest.py does) or else the
-   embedded one, migrations, gunicorn (2 gthread workers x 8 threads) and one `flask worker`;
+   embedded one, migrations, gunicorn (2 workers x 8 threads, the Procfile's worker class) and one `flask worker`;
 4. uploads the file create → chunks (N parallel connections) → complete, once with raw
    application/octet-stream chunk bodies and once with the multipart field `chunk`, and checks
    that complete answers 200 with the file's SHA-256;
@@ -63,6 +64,7 @@ from bench.service import (  # noqa: E402 - the machinery shared by the benchmar
     MB,
     MIB,
     PYTHON,
+    WORKER_CLASS,
     BenchError,
     PeakSampler,
     Service,
@@ -605,15 +607,16 @@ def run(args, stack: contextlib.ExitStack) -> int:
 
     # -- the service --------------------------------------------------------------------------
     service = Service(stack, folder, web_workers=args.web_workers, threads=args.threads,
-                      fsync=not args.no_fsync)
+                      fsync=not args.no_fsync, settings={"UPLOAD_HASH_AHEAD": "0" if args.no_hash_ahead else "1"})
     log("preparing database, redis and migrations")
     service.prepare()
     log("starting gunicorn and the rq worker")
     service.start()
     print()
-    print(f"Service: gunicorn {args.web_workers} workers × {args.threads} threads (gthread) on 127.0.0.1:"
+    print(f"Service: gunicorn {args.web_workers} workers × {args.threads} threads ({WORKER_CLASS}) on 127.0.0.1:"
           f"{service.port}, 1 `flask worker`; {service.database_label}; Redis {service.redis_label}; "
-          f"STORAGE_FSYNC={'0' if args.no_fsync else 'default (on)'}; storage {service.storage}")
+          f"STORAGE_FSYNC={'0' if args.no_fsync else 'default (on)'}; "
+          f"UPLOAD_HASH_AHEAD={'0' if args.no_hash_ahead else '1'}; storage {service.storage}")
 
     profilers = []
     if args.py_spy:
@@ -678,6 +681,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
     parser.add_argument("--only", choices=("raw", "multipart"), help="run one mode only")
     parser.add_argument("--no-fsync", action="store_true", help="STORAGE_FSYNC=0 for the service")
+    parser.add_argument("--no-hash-ahead", action="store_true",
+                        help="UPLOAD_HASH_AHEAD=0: finalize hashes the whole file instead of the web processes "
+                             "hashing it as chunks arrive")
     parser.add_argument("--repeat-baselines", type=int, default=2, help="runs of each baseline (best counts)")
     parser.add_argument("--tmpdir", default=None, help="where the temp folder goes (default: $TMPDIR or /tmp)")
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: profile the gunicorn workers and the "

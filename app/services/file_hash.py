@@ -24,7 +24,7 @@ import uuid
 
 import sqlalchemy as sa
 from flask import current_app
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 
 from app import resumable_sha256
 from app.extensions import db
@@ -36,26 +36,38 @@ from app.storage import ObjectMissing
 log = logging.getLogger(__name__)
 
 HASH_AHEAD_MAX_BYTES = 64 * 1024 * 1024  # per request: a chunk that fills a long gap answers soon
-LOCK_SECONDS = 60
-MAX_TURNS = 8  # lock, hash, release, look again: bounded whatever races with it
-_SAVE = """
-local current = redis.call('HGET', KEYS[1], 'next')
-if redis.call('HGET', KEYS[1], 'format') ~= ARGV[5] then current = false end
-if (current == false and ARGV[1] == '0') or current == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'next', ARGV[2], 'state', ARGV[3], 'fingerprint', ARGV[4], 'format', ARGV[5])
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-  return 1
+LOCK_MS = 60_000
+MAX_TURNS = 8  # claim, hash, save, look again: bounded whatever races with it
+# One round trip each way: take the lock and read the state; save (compare-and-set on the
+# index the turn started from) and give the lock back.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('HGETALL', KEYS[2])
 end
-return 0
+return false
+"""
+_SAVE_AND_RELEASE = """
+local saved = 0
+if ARGV[2] ~= ARGV[3] then
+  local current = redis.call('HGET', KEYS[2], 'next')
+  if redis.call('HGET', KEYS[2], 'format') ~= ARGV[6] then current = false end
+  if (current == false and ARGV[2] == '0') or current == ARGV[2] then
+    redis.call('HSET', KEYS[2], 'next', ARGV[3], 'state', ARGV[4], 'fingerprint', ARGV[5], 'format', ARGV[6])
+    redis.call('EXPIRE', KEYS[2], ARGV[7])
+    saved = 1
+  end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return saved
 """
 
 
 def _key(task_pk: uuid.UUID) -> str:
-    return f"drive:file-hash:{task_pk}"
+    return f"drive:file-hash:{{{task_pk}}}"  # {…}: the state and its lock share a cluster slot
 
 
 def _lock_key(task_pk: uuid.UUID) -> str:
-    return f"drive:file-hash-lock:{task_pk}"
+    return f"drive:file-hash-lock:{{{task_pk}}}"
 
 
 def _chain(fingerprint: str, index: int, size: int, sha256: str, storage_key: str) -> str:
@@ -73,9 +85,8 @@ def enabled() -> bool:
     return bool(current_app.config.get("UPLOAD_HASH_AHEAD", True)) and resumable_sha256.available()
 
 
-def _load(redis, task_pk: uuid.UUID) -> tuple[int, bytes | None, str]:
-    """(next index, saved state, fingerprint); (0, None, "") when there is none usable."""
-    saved = redis.hgetall(_key(task_pk))
+def _parse(saved: dict) -> tuple[int, bytes | None, str]:
+    """(next index, saved state, fingerprint) of a stored state; (0, None, "") when unusable."""
     try:
         if saved.get(b"format", b"").decode() == resumable_sha256.state_format():
             state = saved[b"state"]
@@ -84,12 +95,6 @@ def _load(redis, task_pk: uuid.UUID) -> tuple[int, bytes | None, str]:
     except (KeyError, ValueError, UnicodeDecodeError):
         pass
     return 0, None, ""
-
-
-def _save(redis, task_pk, start: int, next_index: int, hasher, fingerprint: str) -> None:
-    ttl = (current_app.config["UPLOAD_STALE_THRESHOLD_HOURS"] + 1) * 3600
-    redis.eval(_SAVE, 1, _key(task_pk), start, next_index, hasher.state(), fingerprint,
-               resumable_sha256.state_format(), ttl)
 
 
 def _hash_object(backend, key: str, size: int, hasher) -> bool:
@@ -125,16 +130,20 @@ def advance(task_pk: uuid.UUID, backend) -> None:
 
 def _advance_locked(redis, task_pk: uuid.UUID, backend) -> bool:
     """One turn under the lock; True when another turn may find more to hash."""
-    lock = redis.lock(_lock_key(task_pk), timeout=LOCK_SECONDS, blocking=False)
-    if not lock.acquire():
+    token = uuid.uuid4().hex
+    keys = (_lock_key(task_pk), _key(task_pk))
+    claimed = redis.eval(_CLAIM, 2, *keys, token, LOCK_MS)
+    if claimed is None:
         return False  # the holder hashes on, and looks again after releasing
+    start, state, fingerprint = _parse(dict(zip(claimed[::2], claimed[1::2])))
+    next_index, hasher = start, None
     try:
-        next_index, out_of_budget = _advance(redis, task_pk, backend)
+        next_index, hasher, fingerprint, out_of_budget = _advance(task_pk, backend, start, state, fingerprint)
     finally:
-        try:
-            lock.release()
-        except LockError:
-            pass
+        ttl = (current_app.config["UPLOAD_STALE_THRESHOLD_HOURS"] + 1) * 3600
+        redis.eval(_SAVE_AND_RELEASE, 2, *keys, token, start, next_index,
+                   hasher.state() if hasher is not None else b"", fingerprint,
+                   resumable_sha256.state_format(), ttl)
     if out_of_budget:
         return False
     found = db.session.scalar(sa.select(UploadChunk.id).where(
@@ -143,8 +152,10 @@ def _advance_locked(redis, task_pk: uuid.UUID, backend) -> bool:
     return found is not None
 
 
-def _advance(redis, task_pk: uuid.UUID, backend) -> tuple[int, bool]:
-    start, state, fingerprint = _load(redis, task_pk)
+def _advance(task_pk: uuid.UUID, backend, start: int, state: bytes | None, fingerprint: str):
+    """Hash the stored chunks from `start` on while they follow each other, within the
+    budget: (next index, hasher, fingerprint, whether the budget ran out or a chunk could
+    not be read)."""
     rows = db.session.execute(
         sa.select(UploadChunk.chunk_index, UploadChunk.size, UploadChunk.sha256, UploadChunk.storage_key)
         .where(UploadChunk.task_id == task_pk, UploadChunk.chunk_index >= start)
@@ -157,15 +168,13 @@ def _advance(redis, task_pk: uuid.UUID, backend) -> tuple[int, bool]:
             break
         try:
             if not _hash_object(backend, row.storage_key, row.size, hasher):
-                return start, True  # not what was recorded: leave it all to finalize
+                return start, None, fingerprint, True  # not what was recorded: leave it all to finalize
         except (ObjectMissing, FileNotFoundError):
-            return start, True  # the task ended meanwhile
+            return start, None, fingerprint, True  # the task ended meanwhile
         fingerprint = _chain(fingerprint, row.chunk_index, row.size, row.sha256, row.storage_key)
         next_index += 1
         budget -= row.size
-    if next_index > start:
-        _save(redis, task_pk, start, next_index, hasher, fingerprint)
-    return next_index, budget <= 0
+    return next_index, hasher, fingerprint, budget <= 0
 
 
 def resume(task_pk: uuid.UUID, chunks) -> tuple[int, object]:
@@ -174,7 +183,7 @@ def resume(task_pk: uuid.UUID, chunks) -> tuple[int, object]:
     state matches these very chunks."""
     if resumable_sha256.available():
         try:
-            next_index, state, fingerprint = _load(get_redis(), task_pk)
+            next_index, state, fingerprint = _parse(get_redis().hgetall(_key(task_pk)))
         except RedisError:
             next_index = 0
         if 0 < next_index <= len(chunks):

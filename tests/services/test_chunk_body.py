@@ -6,22 +6,13 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-import uuid
 from urllib.parse import urlparse
 
 import pytest
 
-from app.auth import issue_token
 from tests.support import MIB, LiveClient, chunk_rows, random_bytes, sha256, stored_objects
 
 TIMEOUT = 30
-
-
-@pytest.fixture()
-def live_client(app, live_server):
-    with app.app_context():
-        token = issue_token(uuid.uuid4())
-    return LiveClient(live_server, token)
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from app.storage import Composing, Concatenating, ObjectMissing
-from app.storage.local import LocalBackend
+from app.storage.local import WRITEBACK_STEP, LocalBackend
 from tests.support import random_bytes
 
 INVALID_KEYS = ["../x", "/abs", "a//b", "", ".", "a/./b", "a/../b", "a/", "uploads/../../etc/passwd"]
@@ -315,6 +315,20 @@ class TestLocalBackend(StorageContract):
         with pytest.raises(FileExistsError):
             refused.commit()
         assert self.files_on_disk(backend.root) == [os.path.join("files", "abc")]
+
+    def test_writes_past_the_writeback_step_in_odd_pieces(self, backend):
+        """With fsync on, writeback is started every WRITEBACK_STEP bytes while writing: the
+        object still holds exactly what was written, from views of a reused buffer too."""
+        data = random_bytes(3 * WRITEBACK_STEP + 12_345, seed=7)
+        writer = backend.open_writer("uploads/t/00000001")
+        buffer = memoryview(bytearray(700_001))
+        for start in range(0, len(data), len(buffer)):
+            piece = data[start:start + len(buffer)]
+            buffer[:len(piece)] = piece
+            writer.write(buffer[:len(piece)])
+        assert writer.written == len(data) and writer.queued > 2 * WRITEBACK_STEP
+        writer.commit()
+        assert read_all(backend, "uploads/t/00000001") == data
 
     def test_objects_stay_under_the_root(self, backend, tmp_path):
         outside = tmp_path / "outside"
