@@ -103,6 +103,7 @@ def websocket(ws):
     try:
         # subscribed: every event published from now on will be delivered
         ws.send(json.dumps({"type": "auth.ok", "data": {"accountId": str(account_id)}}))
+        packets.subscription.attach_socket(ws.sock)  # while this thread waits, the hub writes
         for packet in packets:
             if not ws.connected:  # the client left (or missed its pongs): free the thread
                 break
