@@ -29,9 +29,11 @@ run: migrate
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install  # by hand only: never part of `make test`
 	$(BIN)/python bench/upload_throughput.py
+	$(BIN)/python bench/concurrent_uploads.py
 	$(BIN)/python bench/event_latency.py
+	$(BIN)/python bench/event_latency.py --with-uploads
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
