@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 
 from app.errors import BadRequest, Gone, InsufficientStorage, ServiceUnavailable
 from app.extensions import db
+from app.live.hub import get_hub
 from app.models import CloudFile, UploadStatus, UploadTask
 from app.models.types import utcnow
 from app.redis_client import get_redis
@@ -116,9 +117,10 @@ def complete_upload(account_id: uuid.UUID, task_id: str):
 
 def _wait(task_pk: uuid.UUID, task_id: str):
     deadline = time.monotonic() + current_app.config["UPLOAD_COMPLETE_WAIT_SECONDS"]
-    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    # the end is announced on a Redis channel that this process's hub listens to already:
+    # waiting costs no connection or subscription of its own (app/live/hub.py)
+    waiter = get_hub(current_app._get_current_object()).watch(done_channel(task_id))
     try:
-        pubsub.subscribe(done_channel(task_id))
         while True:
             task = db.session.get(UploadTask, task_pk)
             result = _outcome(task)
@@ -132,9 +134,6 @@ def _wait(task_pk: uuid.UUID, task_id: str):
             # End the transaction: hold no lock (SQLite) and see the worker's commit next time.
             db.session.rollback()
             # the worker announces the end; re-reading every second covers a lost message
-            pubsub.get_message(timeout=min(remaining, 1.0))
-    except RedisError:
-        db.session.rollback()
-        return db.session.get(UploadTask, task_pk)
+            waiter.wait(min(remaining, 1.0))
     finally:
-        pubsub.close()
+        waiter.close()
