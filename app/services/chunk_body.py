@@ -3,11 +3,12 @@
 parsed as it streams. Either way the bytes are handed on in pieces as they arrive.
 
 Under gunicorn, a body of known length is read straight off the connection's socket
-(`SocketBody`) into one reused buffer per thread: gunicorn's own reader copies each byte
+(`SocketBody`) into a reused buffer: gunicorn's own reader copies each byte
 several times on its way through its buffers, which cost about half of a worker's CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -20,16 +21,26 @@ from streaming_form_data.targets import BaseTarget
 from app.errors import BadRequest
 
 READ_SIZE = 1024 * 1024
-_buffers = threading.local()
+IDLE_BUFFERS = 4  # kept for reuse per process; more are made while more requests need one
+_idle: list[memoryview] = []
+_idle_lock = threading.Lock()
 
 
-def thread_buffer() -> memoryview:
-    """This thread's READ_SIZE buffer, allocated once: a fresh one per request would be
-    paged in again each time."""
-    view = getattr(_buffers, "view", None)
+@contextlib.contextmanager
+def borrowed_buffer() -> Iterator[memoryview]:
+    """A READ_SIZE buffer for the time of a `with`: reused from request to request (a fresh
+    one would be paged in again each time), and only as many kept as IDLE_BUFFERS, so
+    memory follows the requests in flight, not the threads that once served one."""
+    with _idle_lock:
+        view = _idle.pop() if _idle else None
     if view is None:
-        view = _buffers.view = memoryview(bytearray(READ_SIZE))
-    return view
+        view = memoryview(bytearray(READ_SIZE))
+    try:
+        yield view
+    finally:
+        with _idle_lock:
+            if len(_idle) < IDLE_BUFFERS:
+                _idle.append(view)
 
 
 class SocketBody:
@@ -110,8 +121,9 @@ class SocketBody:
 
     def read(self, size: int) -> bytes:
         """Up to `size` bytes (at most READ_SIZE), for readers that need `bytes`."""
-        view = thread_buffer()[:size]
-        return bytes(view[:self.fill(view)])
+        with borrowed_buffer() as buffer:
+            view = buffer[:size]
+            return bytes(view[:self.fill(view)])
 
 
 class _Collect(BaseTarget):
@@ -188,12 +200,12 @@ class ChunkBody:
             return
         self.validate()
         if self.socket_body is not None:
-            view = thread_buffer()
-            while True:
-                count = self.socket_body.fill(view)
-                if not count:
-                    return
-                yield view[:count]
+            with borrowed_buffer() as view:
+                while True:
+                    count = self.socket_body.fill(view)
+                    if not count:
+                        return
+                    yield view[:count]
         while True:
             data = self.stream.read(READ_SIZE)
             if not data:

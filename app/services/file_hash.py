@@ -30,7 +30,7 @@ from app import resumable_sha256
 from app.extensions import db
 from app.models import UploadChunk
 from app.redis_client import get_redis
-from app.services.chunk_body import thread_buffer
+from app.services.chunk_body import borrowed_buffer
 from app.storage import ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,8 @@ def _parse(saved: dict) -> tuple[int, bytes | None, str]:
 
 def _hash_object(backend, key: str, size: int, hasher) -> bool:
     """Feed a stored chunk to `hasher`; False (hasher then unusable) if it is not `size` bytes."""
-    view = thread_buffer()
     total = 0
-    with backend.open_read(key) as source:
+    with borrowed_buffer() as view, backend.open_read(key) as source:
         while True:
             count = source.readinto(view)
             if not count:
