@@ -1,7 +1,8 @@
 """finalize_upload: verify the whole file's SHA-256, store it in the pool, publish the file.
 
 Safe to run twice: the task row's status is the guard (only an InProgress task is finalized,
-and the transition to Completed is a conditional UPDATE, so only one run publishes a file).
+and the transition to Completed is a conditional UPDATE, so only one run publishes a file), and
+each run is a numbered attempt that only the latest can end (jobs/finalize_attempts.py).
 The hash is checked before any file is assembled: a mismatch ends the task Failed, stores
 nothing and releases the reservation. No room to store the file (StorageFull) fails nothing:
 the run gives its claim back and the next complete tries again. An unexpected error is retried
@@ -28,6 +29,7 @@ from app.services.file_meta import probe_file_meta
 from app.services.uploads import remove_task_chunks
 from app.storage import Composing, Concatenating, StorageFull, backend_for
 from jobs.context import with_app
+from jobs.finalize_attempts import attempt_file_id, begin_attempt, discard_earlier_attempts, in_force
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +50,24 @@ def finalize_upload(task_pk: str) -> str | None:
     task = db.session.get(UploadTask, uuid.UUID(task_pk))
     if task is None or task.deleted_at is not None or task.status != UploadStatus.InProgress:
         return str(task.file_id) if task is not None and task.file_id else None
+    attempt = begin_attempt(task.id)  # from now on only this run can end the task (finalize_attempts.py)
+    if attempt is None:
+        return None
     try:
-        return _finalize(task)
+        return _finalize(task, attempt)
     except UploadRejected as error:
         db.session.rollback()
-        _fail(task_pk, str(error))
+        fail_upload(task_pk, str(error), attempt)
         return None
     except StorageFull:
         db.session.rollback()
-        _postpone(task_pk, NO_ROOM)
+        _postpone(task_pk, NO_ROOM, attempt)
         return None
     except Exception as error:
         db.session.rollback()
         job = get_current_job()
         if job is None or not job.retries_left:
-            _fail(task_pk, f"File processing failed: {type(error).__name__}")
+            fail_upload(task_pk, f"File processing failed: {type(error).__name__}", attempt)
         raise
 
 
@@ -88,11 +93,11 @@ def _read_blocks(backend, key: str, buffer: bytearray):
 
 
 @timed_finalize
-def _finalize(task: UploadTask) -> str:
+def _finalize(task: UploadTask, attempt: int) -> str:
     chunks = _chunks(task)
     pool = db.session.get(Pool, task.pool_id)
     backend = backend_for(pool)
-    file_id = uuid.uuid4()
+    file_id = attempt_file_id(task.id, attempt)
     key = f"files/{file_id}"
     buffer = bytearray(READ_BLOCK)
     # the leading chunks that the web processes hashed already as they arrived
@@ -102,6 +107,7 @@ def _finalize(task: UploadTask) -> str:
     # (on SQLite an open transaction would hold the database's write lock).
     db.session.expunge_all()
     db.session.rollback()
+    discard_earlier_attempts(backend, task.id, attempt)
 
     if task.encryption:
         file_key, encryption = crypto.new_file_key(task.encryption)
@@ -129,7 +135,7 @@ def _finalize(task: UploadTask) -> str:
         _assemble(backend, [chunk.storage_key for chunk in chunks], key, buffer)
 
     file_meta = {} if encryption else probe_file_meta(backend, key, task.content_type)
-    return _publish(task, pool, backend, file_id, key, encryption, file_meta)
+    return _publish(task, pool, backend, file_id, key, encryption, file_meta, attempt)
 
 
 def _assemble(backend, keys: list[str], key: str, buffer: bytearray) -> None:
@@ -157,7 +163,7 @@ def _check_hash(task: UploadTask, digest) -> None:
         raise UploadRejected(f"SHA-256 mismatch: declared {task.hash}, received {actual}")
 
 
-def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
+def _publish(task, pool, backend, file_id, key, encryption, file_meta, attempt) -> str:
     now = utcnow()
     task_pk = task.id
     try:
@@ -172,11 +178,11 @@ def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
         moved = db.session.execute(
             sa.update(UploadTask)
             .where(UploadTask.id == task_pk, UploadTask.status == UploadStatus.InProgress,
-                   UploadTask.deleted_at.is_(None))
+                   UploadTask.deleted_at.is_(None), in_force(attempt))
             .values(status=UploadStatus.Completed, file_id=file_id, completed_at=now, quota_reserved=0,
                     updated_at=now, last_activity=now)
         ).rowcount
-        if moved != 1:  # another run got there first, or the task was cancelled
+        if moved != 1:  # another run got there first or took over, or the task was cancelled
             db.session.rollback()
             backend.delete(key)
             return None
@@ -196,7 +202,7 @@ def _publish(task, pool, backend, file_id, key, encryption, file_meta) -> str:
     return str(file_id)
 
 
-def _postpone(task_pk: str, message: str) -> None:
+def _postpone(task_pk: str, message: str, attempt: int | None = None) -> None:
     """No room to store the file: give the finalize claim back instead of failing. The task
     stays open with its chunks and its reservation (a full disk is no fault of the upload, and
     retrying at once would only fill the disk's last bytes again); the waiting complete answers
@@ -205,7 +211,7 @@ def _postpone(task_pk: str, message: str) -> None:
     moved = db.session.execute(
         sa.update(UploadTask)
         .where(UploadTask.id == uuid.UUID(task_pk), UploadTask.status == UploadStatus.InProgress,
-               UploadTask.finalize_requested_at.is_not(None))
+               UploadTask.finalize_requested_at.is_not(None), in_force(attempt))
         .values(finalize_requested_at=None, error_message=message, updated_at=now)
     ).rowcount
     db.session.commit()
@@ -215,14 +221,15 @@ def _postpone(task_pk: str, message: str) -> None:
         _announce(task.task_id, "Postponed")
 
 
-def _fail(task_pk: str, message: str) -> None:
-    """Mark the task Failed (once), release its reservation, publish, drop its chunks."""
+def fail_upload(task_pk: str, message: str, attempt: int | None = None) -> None:
+    """Mark the task Failed (once), release its reservation, publish, drop its chunks; with
+    `attempt`, only while that finalize attempt is the one in force."""
     now = utcnow()
     task = db.session.get(UploadTask, uuid.UUID(task_pk))
     reserved = task.quota_reserved
     moved = db.session.execute(
         sa.update(UploadTask)
-        .where(UploadTask.id == task.id, UploadTask.status == UploadStatus.InProgress)
+        .where(UploadTask.id == task.id, UploadTask.status == UploadStatus.InProgress, in_force(attempt))
         .values(status=UploadStatus.Failed, error_message=message, quota_reserved=0, updated_at=now,
                 last_activity=now)
     ).rowcount

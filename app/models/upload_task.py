@@ -54,6 +54,8 @@ class UploadTask(db.Model):
     quota_reserved: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     file_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("files.id"))
     finalize_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # the number of the finalize run in force: each run takes the next; only it may publish
+    finalize_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_activity: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
