@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -282,6 +284,45 @@ class EventListener:
 
     def close(self):
         self.pubsub.close()
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.01):
+    """Poll `condition` until it returns something true (returned), failing with `what` after
+    `timeout` seconds: for states no process announces (a job's status, a row's column)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(interval)
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of a process's children (an RQ worker's: its work-horse and RQ's scheduler)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except OSError:
+        return []
+
+
+def kill_and_wait(pids: list[int], timeout: float = 30) -> None:
+    """SIGKILL every process of `pids` (children of ours or not) and return once all have ended."""
+    handles = []
+    for pid in pids:
+        try:
+            handles.append(os.pidfd_open(pid))
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    try:
+        for handle in handles:  # a pidfd is readable once its process has ended
+            ready, _, _ = select.select([handle], [], [], timeout)
+            assert ready, "a killed process did not end"
+    finally:
+        for handle in handles:
+            os.close(handle)
 
 
 def free_port() -> int:

@@ -9,15 +9,16 @@ import sys
 import click
 from flask.cli import AppGroup, with_appcontext
 from flask import current_app
-from rq import Worker
 from rq.cron import CronScheduler
 
 from app.embedded_redis import stop_embedded_redis
 from app.redis_client import get_redis
 from jobs.cleanup import cleanup_uploads
+from jobs.processes import DriveWorker, run_scheduler, run_worker
 from jobs.task_cleanup import cleanup_tasks
 from jobs.queues import QUEUE_NAMES, get_queue
 from jobs.recovery import recover_tasks
+from jobs.upload_recovery import recover_uploads
 
 
 @click.command("worker")
@@ -29,25 +30,32 @@ from jobs.recovery import recover_tasks
 @click.option("--queue", "queue_names", multiple=True, metavar="NAME",
               help="Listen to this queue instead (repeatable, in order); default: high, default, low.")
 def worker(burst, name, with_scheduler, queue_names):
-    """Run an RQ worker in the app context, on the queues high, default, low (in that order)."""
+    """Run an RQ worker in the app context, on the queues high, default, low (in that order).
+    It outlives a Redis outage (jobs/processes.py)."""
     queues = [get_queue(q) for q in (queue_names or QUEUE_NAMES)]
-    Worker(queues, connection=get_redis(), name=name).work(
-        burst=burst, with_scheduler=with_scheduler, logging_level=current_app.config["LOG_LEVEL"].upper())
+    run_worker(lambda: DriveWorker(queues, connection=get_redis(), name=name), burst,
+               with_scheduler=with_scheduler, logging_level=current_app.config["LOG_LEVEL"].upper())
 
 
 @click.command("scheduler")
 @with_appcontext
 def scheduler():
     """Run the periodic jobs (upload cleanup every UPLOAD_CLEANUP_INTERVAL_MINUTES, old tasks daily,
-    abandoned tasks every TASK_RECOVERY_INTERVAL_SECONDS)."""
+    abandoned tasks and lost finalize jobs every TASK_RECOVERY_INTERVAL_SECONDS). It outlives a
+    Redis outage (jobs/processes.py)."""
+    run_scheduler(_cron_scheduler)
+
+
+def _cron_scheduler() -> CronScheduler:
     config = current_app.config
     cron = CronScheduler(connection=get_redis(), logging_level=config["LOG_LEVEL"].upper())
     low, high = get_queue("low").name, get_queue("high").name
+    recovery = config["TASK_RECOVERY_INTERVAL_SECONDS"]
     cron.register(cleanup_uploads, queue_name=low, interval=config["UPLOAD_CLEANUP_INTERVAL_MINUTES"] * 60)
     cron.register(cleanup_tasks, queue_name=low, interval=24 * 3600)  # finished tasks > TASK_RETENTION_DAYS
-    cron.register(recover_tasks, queue_name=high,  # abandoned tasks, from their checkpoint
-                  interval=config["TASK_RECOVERY_INTERVAL_SECONDS"])
-    cron.start()
+    cron.register(recover_tasks, queue_name=high, interval=recovery)  # abandoned tasks, from their checkpoint
+    cron.register(recover_uploads, queue_name=high, interval=recovery)  # finalize jobs lost or dead
+    return cron
 
 
 @click.group("redis", cls=AppGroup)

@@ -4,7 +4,9 @@ and wait (up to UPLOAD_COMPLETE_WAIT_SECONDS) for it to publish the file.
 `finalize_requested_at` is set by one conditional UPDATE, so of many concurrent completes
 only one enqueues the job. A later complete finds the job by its id; if RQ lost it (Redis
 restarted, the worker was killed and the job abandoned) while the task is still open, it is
-enqueued again: finalizing is idempotent. A job that finds no room to store the file gives
+enqueued again (jobs/upload_recovery.py, which the scheduler also runs for every such upload):
+finalizing is idempotent. A claim whose job cannot be queued (Redis down) is given back, and
+complete answers 503 QUEUE_UNAVAILABLE with Retry-After. A job that finds no room to store the file gives
 the claim back (the upload stays open, chunks and reservation kept): the complete waiting for
 it answers 507 STORAGE_FULL, and the next complete claims and enqueues afresh.
 """
@@ -16,53 +18,16 @@ import uuid
 import sqlalchemy as sa
 from flask import current_app
 from redis.exceptions import RedisError
-from rq import Retry
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
 from app.errors import BadRequest, Gone, InsufficientStorage, ServiceUnavailable
 from app.extensions import db
 from app.live.hub import get_hub
 from app.models import CloudFile, UploadStatus, UploadTask
 from app.models.types import utcnow
-from app.redis_client import get_redis
 from app.services.chunks import _is_stale
 from app.services.uploads import get_task, uploaded_indices
-from jobs.finalize import done_channel, finalize_upload
-from jobs.queues import get_queue
-from jobs.recovery import jobs_of_live_workers
-
-DEAD = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-
-
-def _job_id(task: UploadTask) -> str:
-    return f"finalize-{task.task_id}"
-
-
-def _enqueue(task: UploadTask) -> None:
-    config = current_app.config
-    get_queue("high").enqueue(
-        finalize_upload, str(task.id), job_id=_job_id(task),
-        job_timeout=config["UPLOAD_FINALIZE_TIMEOUT_SECONDS"], retry=Retry(max=2, interval=[2, 10]),
-        result_ttl=3600, failure_ttl=7 * 24 * 3600,
-        description=f"finalize upload {task.task_id}",
-    )
-
-
-def _ensure_job(task: UploadTask) -> None:
-    """Enqueue the finalize job again if RQ lost it, it died, or the worker running it is gone
-    (a SIGKILLed worker leaves its job 'started' until RQ notices, up to the job timeout)."""
-    redis = get_redis()
-    try:
-        job = Job.fetch(_job_id(task), connection=redis)
-        status = job.get_status(refresh=True)
-    except NoSuchJobError:
-        job, status = None, None
-    if status == JobStatus.STARTED and job.id not in jobs_of_live_workers(redis):
-        job.delete()  # its execution is over: RQ's later cleanup of it must not touch the new one
-        status = None
-    if status is None or status in DEAD:
-        _enqueue(task)
+from jobs.finalize import done_channel
+from jobs.upload_recovery import enqueue_finalize, ensure_finalize
 
 
 def _outcome(task: UploadTask):
@@ -102,17 +67,32 @@ def complete_upload(account_id: uuid.UUID, task_id: str):
         task = db.session.get(UploadTask, task.id)
         if claimed:
             try:
-                _enqueue(task)
+                enqueue_finalize(task)
             except RedisError as error:
-                raise ServiceUnavailable("The job queue is unavailable; call complete again",
-                                         code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"}) from error
+                _unclaim(task.id, now)
+                raise _queue_unavailable() from error
     else:
         try:
-            _ensure_job(task)
+            ensure_finalize(task)
         except RedisError as error:
-            raise ServiceUnavailable("The job queue is unavailable; call complete again",
-                                     code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"}) from error
+            raise _queue_unavailable() from error
     return _wait(task.id, task_id)
+
+
+def _queue_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The job queue is unavailable; call complete again",
+                              code="QUEUE_UNAVAILABLE", headers={"Retry-After": "5"})
+
+
+def _unclaim(task_pk: uuid.UUID, claimed_at) -> None:
+    """Give back a claim whose job could not be queued (Redis down): the upload is as before
+    the complete, and the next complete claims and queues afresh."""
+    db.session.execute(
+        sa.update(UploadTask)
+        .where(UploadTask.id == task_pk, UploadTask.status == UploadStatus.InProgress,
+               UploadTask.finalize_requested_at == claimed_at)
+        .values(finalize_requested_at=None))
+    db.session.commit()
 
 
 def _wait(task_pk: uuid.UUID, task_id: str):
@@ -126,8 +106,10 @@ def _wait(task_pk: uuid.UUID, task_id: str):
             result = _outcome(task)
             if result is not None:
                 return result
-            if task.finalize_requested_at is None and task.error_message:  # the job gave its claim back
-                raise InsufficientStorage(task.error_message, code="STORAGE_FULL", details={"taskId": task_id})
+            if task.finalize_requested_at is None:  # the claim was given back
+                if task.error_message:  # by the job: no room to store the file (jobs/finalize.py)
+                    raise InsufficientStorage(task.error_message, code="STORAGE_FULL", details={"taskId": task_id})
+                return task  # by a complete whose job could not be queued: the client calls again
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return task

@@ -5,28 +5,21 @@
   Started again on the same port after a crash, it is "the same server" to a client.
   Every server a test started is stopped when the test ends, however it ended.
 - `make_client`: make_client(base_url) → a LiveClient (tests/support.py) of a new account.
+- `rq_processes`, `redis_server`: RQ workers and schedulers, and a redis-server, of one test
+  (tests/faults/processes.py).
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
 from tests.conftest import make_token, process_env
-from tests.support import LiveClient, Process, free_port, start_process
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(child) for child in fh.read().split()]
-    except OSError:
-        return []
+from tests.support import LiveClient, Process, children_of, free_port, kill_and_wait, start_process, wait_until
 
 
 @dataclass
@@ -43,7 +36,7 @@ class WebServer:
         return self.process.proc.pid
 
     def worker_pids(self) -> list[int]:
-        return _children(self.master_pid)
+        return children_of(self.master_pid)
 
     def kill(self) -> None:
         """kill -9 of the master and all its workers, as a machine losing power would do:
@@ -52,8 +45,7 @@ class WebServer:
         workers = self.worker_pids()
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
-        for pid in [self.master_pid, *workers]:
-            os.kill(pid, signal.SIGKILL)
+        kill_and_wait([self.master_pid, *workers])
         self.process.proc.wait()
 
     def terminate(self) -> None:
@@ -62,10 +54,8 @@ class WebServer:
 
     def wait_for_log(self, text: str, count: int = 1, timeout: float = 20) -> None:
         """Return once `count` lines of the server's output contain `text`."""
-        deadline = time.monotonic() + timeout
-        while sum(text in line for line in list(self.process.lines)) < count:
-            assert time.monotonic() < deadline, f"{count} x {text!r} not logged:\n{''.join(self.process.lines[-20:])}"
-            time.sleep(0.02)
+        wait_until(lambda: sum(text in line for line in list(self.process.lines)) >= count, timeout,
+                   f"{count} x {text!r} in the server's output")
 
 
 def gunicorn_command(port: int, workers: int, threads: int, graceful_timeout: float) -> list[str]:
@@ -105,3 +95,24 @@ def make_client(app):
         return LiveClient(base_url, make_token(app, account_id), account_id)
 
     return factory
+
+
+@pytest.fixture()
+def rq_processes(app, settings, tmp_path):
+    """.worker(**env) / .scheduler(**env) → a `flask worker` / `flask scheduler` of this test
+    with settings of its own (tests/faults/processes.py); all stopped when the test ends."""
+    from tests.faults.processes import RqProcesses  # noqa: PLC0415
+
+    processes = RqProcesses(settings, tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A redis-server of this test alone (not yet started), killed when the test ends."""
+    from tests.faults.processes import RedisServer  # noqa: PLC0415
+
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -2,8 +2,6 @@
 uninterrupted run, cancel leaving nothing behind, failures listed, and a worker killed with
 SIGKILL mid-migration recovered from its checkpoint (jobs/recovery.py)."""
 import os
-import select
-import signal
 import uuid
 
 import pytest
@@ -17,8 +15,8 @@ from app.tasks.files import NewFile
 from jobs.recovery import recover_tasks
 from tests.conftest import make_token, process_env
 from tests.jobs.test_task_move import make_pool, objects_under
-from tests.support import (MIB, ApiClient, EventListener, assert_error, flask_command, random_bytes, sha256,
-                           start_process)
+from tests.support import (MIB, ApiClient, EventListener, assert_error, children_of, flask_command, kill_and_wait,
+                           random_bytes, sha256, start_process)
 
 FILES = 30
 SIZE = 2 * MIB + 3  # large enough that a migration of FILES takes a while to pause mid-way
@@ -181,21 +179,6 @@ def test_an_admin_migrates_every_accounts_files(make_api, app, client, redis, wo
         assert_intact(owner, files[owner.account_id])
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as listing:
-        return [int(p) for p in listing.read().split()]
-
-
-def _kill_and_wait(pid: int) -> None:
-    handle = os.pidfd_open(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        ready, _, _ = select.select([handle], [], [], 30)  # readable once the process has ended
-        assert ready, f"process {pid} did not end"
-    finally:
-        os.close(handle)
-
-
 def test_a_worker_killed_mid_migration_is_recovered_from_its_checkpoint(api, app, redis, settings, worker,
                                                                         tmp_path):
     source, target = make_pool(app, tmp_path / "a"), make_pool(app, tmp_path / "b")
@@ -209,10 +192,9 @@ def test_a_worker_killed_mid_migration_is_recovered_from_its_checkpoint(api, app
             task_id = create_task(api.account_id, {"type": "StorageMigration", "priority": 50, "parameters": {
                 "sourcePoolId": source, "targetPoolId": target}}, queue_name=queue).task_id
         wait_for(listener, task_id, ("task.progress",))
-        children = _children(doomed.proc.pid)  # the work-horse (and RQ's scheduler process)
+        children = children_of(doomed.proc.pid)  # the work-horse (and RQ's scheduler process)
         doomed.kill()  # SIGKILL: the worker first, so nothing reports the horse's death ...
-        for child in children:
-            _kill_and_wait(child)  # ... then the work-horse in the middle of a copy
+        kill_and_wait(children)  # ... then the work-horse in the middle of a copy
     finally:
         doomed.kill()
     with app.app_context():
