@@ -2,18 +2,17 @@
 the test decides when the rest is sent), the chunk store as it is on disk, and whether the
 rows agree with it.
 
-Nothing here sleeps blindly: waits poll a real condition against a deadline, or block on a
-socket with a time-out.
+Nothing here sleeps blindly: waits poll a real condition against a deadline (wait_until), or
+block on a socket with a time-out.
 """
 from __future__ import annotations
 
 import http.client
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from tests.support import HTTP_TIMEOUT, LiveClient, chunk_rows, sha256, task_backend
+from tests.support import HTTP_TIMEOUT, LiveClient, chunk_rows, sha256, task_backend, wait_until
 
 WAIT_SECONDS = 20  # longest any condition below is waited for; all is well far sooner
 
@@ -64,10 +63,8 @@ def partial_writes(app, task_id: str) -> dict[str, int]:
 
 def wait_until_mid_chunk(app, task_id: str) -> None:
     """Return once the server is writing a chunk of the task: a temporary file has bytes."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not any(partial_writes(app, task_id).values()):
-        assert time.monotonic() < deadline, f"no chunk of {task_id} is being written"
-        time.sleep(0.02)
+    wait_until(lambda: any(partial_writes(app, task_id).values()), WAIT_SECONDS,
+               f"a chunk of {task_id} being written")
 
 
 def assert_rows_match_storage(app, task_id: str, data: bytes, chunk_size: int, indices: list[int]) -> None:
