@@ -145,17 +145,18 @@ def tree_pss(root_pids, pids=None) -> int:
     return sum(_proc_pss(pid) for pid in (pids if pids is not None else tree_pids(root_pids)))
 
 
-def tree_cpu(root_pids) -> float:
-    """CPU seconds (user+system) of the live processes of the trees, plus what the roots'
-    reaped children used (the RQ work horse that ran finalize is reaped by the worker)."""
+def tree_cpu(root_pids, kernel_only: bool = False) -> float:
+    """CPU seconds (user+system; with `kernel_only`, system) of the live processes of the
+    trees, plus what the roots' reaped children used (the RQ work horse that ran finalize is
+    reaped by the worker)."""
     total = 0
     for pid in tree_pids(root_pids):
         fields_ = _stat_fields(pid)
         if fields_ is None:
             continue
-        total += int(fields_[11]) + int(fields_[12])
+        total += int(fields_[12]) + (0 if kernel_only else int(fields_[11]))
         if pid in root_pids:
-            total += int(fields_[13]) + int(fields_[14])
+            total += int(fields_[14]) + (0 if kernel_only else int(fields_[13]))
     return total / CLOCK_TICKS
 
 
