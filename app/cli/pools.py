@@ -10,6 +10,7 @@ from app.audit import record
 from app.cli.common import account_uuid, parse_size
 from app.extensions import db
 from app.models import Pool
+from app.schemas.base import unsafe_character
 from app.services.pools import ensure_default_pool
 from app.storage import BACKENDS
 
@@ -19,8 +20,16 @@ def pools():
     """Storage pools."""
 
 
+def _pool_name(ctx, param, value: str) -> str:
+    """Every account that may use a pool sees its name: 1 to 100 characters (its column), not
+    only spaces, no control character."""
+    if not value.strip() or len(value) > 100 or unsafe_character(value) is not None:
+        raise click.BadParameter("a pool name is 1 to 100 characters, not only spaces, without control characters")
+    return value
+
+
 @pools.command("create")
-@click.argument("name")
+@click.argument("name", callback=_pool_name)
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="local", show_default=True)
 @click.option("--root", help="Folder of a local pool (default: STORAGE_UPLOADS_PATH).")
 @click.option("--max-file-size", help="Largest file accepted, e.g. 10GiB.")

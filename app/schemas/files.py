@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.schemas.base import CamelSchema, UtcDateTime
+from app.schemas.base import CamelSchema, Name, QueryInt, Text, UtcDateTime
 
 
 class CloudFileSchema(CamelSchema):
@@ -48,13 +48,13 @@ class BundleSchema(CamelSchema):
 
 
 class CreateBundleSchema(CamelSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    description = fields.String(allow_none=True, validate=validate.Length(max=4000))
+    name = Name(required=True, what="bundle name")
+    description = Text(allow_none=True)
 
 
 class ListQuerySchema(CamelSchema):
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    offset = QueryInt(load_default=0, validate=validate.Range(min=0, max=2**31))
+    limit = QueryInt(load_default=50, validate=validate.Range(min=1, max=200))
 
     class Meta:
         unknown = "exclude"

@@ -24,6 +24,8 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 URL_CHARACTERS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+# check_endpoint as the document states it (https, a host, no credentials or fragment)
+ENDPOINT_PATTERN = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,4})?(/[\x21\x22\x24-\x7e]*)?$"
 
 
 def check_endpoint(url: str, allow_insecure: bool) -> None:
@@ -79,8 +81,9 @@ class ExpirationTime(UtcDateTime):
 
 
 class SubscriptionKeysSchema(CamelSchema):
-    p256dh = fields.String(required=True)
-    auth = fields.String(required=True)
+    p256dh = fields.String(required=True, metadata={"description": "An uncompressed P-256 point, base64url"})
+    auth = fields.String(required=True, metadata={"pattern": r"^[A-Za-z0-9_-]{21}[AQgw](==)?$",
+                                                  "description": "16 bytes, base64url"})
 
     class Meta:
         unknown = EXCLUDE
@@ -111,7 +114,8 @@ class CreateSubscriptionSchema(CamelSchema):
     """What `PushSubscription.toJSON()` gives. Unknown fields are ignored rather than refused:
     a browser adding a field must not break every subscription."""
 
-    endpoint = fields.String(required=True, validate=validate.Length(min=1, max=MAX_ENDPOINT_LENGTH))
+    endpoint = fields.String(required=True, validate=validate.Length(min=1, max=MAX_ENDPOINT_LENGTH),
+                             metadata={"pattern": ENDPOINT_PATTERN})
     expiration_time = ExpirationTime(allow_none=True, load_default=None)
     keys = fields.Nested(SubscriptionKeysSchema, required=True)
 

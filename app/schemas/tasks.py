@@ -4,14 +4,14 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.models import TaskStatus
-from app.schemas.base import CamelSchema, StrictInt, UtcDateTime, status_names
+from app.schemas.base import NO_CONTROLS, CamelSchema, Name, StrictInt, Text, UtcDateTime, status_list
 from app.schemas.files import ListQuerySchema
 
 
 class CreateTaskSchema(CamelSchema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    name = fields.String(validate=validate.Length(min=1, max=255))
-    description = fields.String(allow_none=True, validate=validate.Length(max=4000))
+    name = Name(what="task name")
+    description = Text(allow_none=True)
     priority = StrictInt(load_default=50, validate=validate.Range(min=0, max=100))
     estimated_duration_seconds = StrictInt(allow_none=True, validate=validate.Range(min=0))
     parameters = fields.Dict(load_default=dict)
@@ -43,8 +43,9 @@ class TaskSchema(CamelSchema):
 
 
 class TaskListQuerySchema(ListQuerySchema):
-    type = fields.String()
-    status = fields.String(validate=status_names(TaskStatus))
+    type = fields.String(validate=validate.Length(max=1024), metadata={  # type names (each at most 64)
+        "pattern": NO_CONTROLS, "description": "Task types, comma-separated"})
+    status = status_list(TaskStatus)
     sort_by = fields.String(load_default="lastActivity", validate=validate.OneOf(
         ["name", "type", "status", "priority", "progress", "createdAt", "updatedAt", "lastActivity"]))
     sort_descending = fields.Boolean(load_default=True)

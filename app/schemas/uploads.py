@@ -6,21 +6,27 @@ import re
 from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models import UploadStatus
-from app.schemas.base import CamelSchema, StrictInt, UtcDateTime, status_names
+from app.schemas.base import CamelSchema, QueryInt, StrictInt, UtcDateTime, check_text, status_list
 from app.schemas.files import BundleSchema, CloudFileSchema, ListQuerySchema, PoolSchema
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
+CONTENT_TYPE_DOC = r"^[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+( *;[^\x00-\x1f\x7f-\x9f]*)?$"  # what the document promises
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+# check_file_name as an OpenAPI pattern: not '.' or '..', no separator or control character,
+# not only spaces
+FILE_NAME_PATTERN = r"^(?!\.\.?$)[^/\\\x00-\x1f\x7f-\x9f]*[^/\\\x00-\x1f\x7f-\x9f\s][^/\\\x00-\x1f\x7f-\x9f]*$"
 
 
 def check_file_name(name: str) -> None:
+    """A name a file can be stored and downloaded under on any system: one path component,
+    no character that could split a header or hide what the name is (base.unsafe_character),
+    at most 255 bytes of UTF-8."""
     if not name.strip():
         raise ValidationError("The file name is empty.")
     if "/" in name or "\\" in name:
         raise ValidationError("The file name may not contain path separators.")
-    if CONTROL.search(name):
-        raise ValidationError("The file name may not contain control characters.")
+    check_text(name, "file name")
     if name in (".", ".."):
         raise ValidationError("The file name may not be '.' or '..'.")
     if len(name.encode("utf-8")) > 255:
@@ -28,15 +34,17 @@ def check_file_name(name: str) -> None:
 
 
 class CreateUploadSchema(CamelSchema):
-    file_name = fields.String(required=True)
+    file_name = fields.String(required=True, metadata={
+        "pattern": FILE_NAME_PATTERN, "maxLength": 255, "description": "One path component, at most 255 bytes of UTF-8"})
     file_size = StrictInt(required=True, validate=validate.Range(min=1))
-    content_type = fields.String(required=True, validate=validate.Length(min=3, max=255))
+    content_type = fields.String(required=True, validate=validate.Length(min=3, max=255),
+                                 metadata={"pattern": CONTENT_TYPE_DOC})
     pool_id = fields.UUID(allow_none=True)
     bundle_id = fields.UUID(allow_none=True)
     chunk_size = StrictInt(allow_none=True, validate=validate.Range(min=1))
     encrypt_password = fields.String(allow_none=True, load_only=True, validate=validate.Length(min=1, max=1024))
     expired_at = UtcDateTime(allow_none=True)
-    hash = fields.String(required=True)
+    hash = fields.String(required=True, metadata={"pattern": HEX64.pattern})
 
     @validates("file_name")
     def _file_name(self, value, **kwargs):
@@ -130,7 +138,7 @@ class PendingCompletionSchema(CamelSchema):
 
 
 class TaskListQuerySchema(ListQuerySchema):
-    status = fields.String(validate=status_names(UploadStatus))
+    status = status_list(UploadStatus)
     sort_by = fields.String(
         load_default="lastActivity",
         validate=validate.OneOf(["filename", "filesize", "createdAt", "updatedAt", "lastActivity"]),
@@ -139,7 +147,7 @@ class TaskListQuerySchema(ListQuerySchema):
 
 
 class RecentQuerySchema(CamelSchema):
-    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+    limit = QueryInt(load_default=10, validate=validate.Range(min=1, max=100))
 
     class Meta:
         unknown = "exclude"

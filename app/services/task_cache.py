@@ -18,6 +18,7 @@ from app.errors import NotFound
 from app.extensions import db
 from app.models import UploadTask
 from app.redis_client import get_redis
+from app.services.tenancy import is_token
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def forget(task_id: str) -> None:
 def task_meta(task_id: str, account_id: uuid.UUID) -> TaskMeta:
     """The immutable fields of the account's task, or 404 UPLOAD_NOT_FOUND."""
     meta = None
-    if len(task_id) <= 64:
+    if is_token(task_id):
         try:
             raw = get_redis().get(_key(task_id))
             meta = TaskMeta(**json.loads(raw)) if raw else None

@@ -17,7 +17,7 @@ from app.extensions import db
 from app.models import FINISHED, Task, TaskStatus
 from app.models.types import utcnow
 from app.services.task_views import UPLOAD_TYPE, find_upload_as_task, list_all_tasks, upload_counts
-from app.services.tenancy import get_owned
+from app.services.tenancy import get_owned, is_token
 from app.tasks.registry import get_task_type, task_types
 from jobs.engine import job_id_for, run_task
 from jobs.queues import get_queue, queue_for_priority
@@ -81,7 +81,7 @@ def list_tasks(account_id: uuid.UUID, query: dict) -> tuple[list, int]:
 
 def show_task(task_id: str, account_id: uuid.UUID):
     """A generic task, or an upload shown as a FileUpload task; 404 TASK_NOT_FOUND."""
-    upload = find_upload_as_task(task_id, account_id) if len(task_id) <= 64 else None
+    upload = find_upload_as_task(task_id, account_id) if is_token(task_id) else None
     return upload if upload is not None else get_task(task_id, account_id)
 
 
