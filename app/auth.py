@@ -38,6 +38,12 @@ def decode_token(token: str) -> tuple[uuid.UUID, dict]:
     return account_id, claims
 
 
+def is_admin(claims: dict | None) -> bool:
+    """Whether a token's claims grant admin: exactly JSON `true`. A string such as "false" is
+    truthy in Python and must not count."""
+    return (claims or {}).get("admin") is True
+
+
 def authenticate_request() -> None:
     """Set `g.account_id` and `g.claims` from the Authorization header, or raise 401."""
     header = request.headers.get("Authorization", "")

@@ -12,6 +12,7 @@ from marshmallow import fields, validate
 
 from app.errors import ApiError
 from app.schemas.base import CamelSchema, StrictInt
+from app.services.bundles import get_bundle
 from app.tasks.context import TaskContext, TaskFailed
 from app.tasks.files import FileName, NewFile, owned_files, read_file
 
@@ -32,11 +33,14 @@ def prepare(account_id, parameters: dict) -> dict:
     if len(set(names)) != len(names):
         raise ApiError("Two files have the same name; an archive needs distinct names",
                        code="DUPLICATE_NAMES", details={"names": sorted({n for n in names if names.count(n) > 1})})
+    bundle_id = parameters.get("bundle_id")
+    if bundle_id is not None:  # the archive goes into a bundle of this account's only
+        bundle_id = get_bundle(bundle_id, account_id).id  # 404 BUNDLE_NOT_FOUND
     fmt = parameters["compression_format"]
     output = parameters.get("output_file_name") or f"archive.{fmt}"
     return {"fileIds": [str(f.id) for f in files], "compressionFormat": fmt,
             "compressionLevel": parameters["compression_level"], "outputFileName": output,
-            "bundleId": str(parameters["bundle_id"]) if parameters.get("bundle_id") else None}
+            "bundleId": str(bundle_id) if bundle_id else None}
 
 
 def run(ctx: TaskContext) -> None:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import g
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from app.auth import is_admin
 from app.errors import ApiError, BadRequest, Forbidden
 from app.extensions import db
 from app.models import CloudFile, Pool
@@ -41,7 +42,7 @@ class MigrationParameters(CamelSchema):
 
 def prepare(account_id, parameters: dict) -> dict:
     scope = parameters["scope"]
-    if scope == "all" and not (g.get("claims") or {}).get("admin"):
+    if scope == "all" and not is_admin(g.get("claims")):
         raise Forbidden("Migrating every account's files needs an admin token", code="ADMIN_REQUIRED")
     source = usable_pool(parameters["source_pool_id"], account_id)
     target = usable_pool(parameters["target_pool_id"], account_id)
