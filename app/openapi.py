@@ -11,6 +11,12 @@ from app.api.decorators import SPEC_ATTR
 from app.schemas.base import camelcase
 
 _PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+# What the two public routes answer (they declare no schema: one is this document itself)
+PAGES = {
+    "openapi_json": {"200": {"description": "This document", "content": {"application/json": {
+        "schema": {"type": "object"}}}}},
+    "docs": {"200": {"description": "Swagger UI", "content": {"text/html": {"schema": {"type": "string"}}}}},
+}
 
 
 class ErrorSchema(Schema):
@@ -49,6 +55,8 @@ def _operation(view, rule, method) -> dict:
             "multipart/form-data": {"schema": {"type": "object", "required": ["chunk"], "properties": {
                 "chunk": {"type": "string", "format": "binary"}}}},
         }}
+    for status, entry in PAGES.get(rule.endpoint.split(".")[-1], {}).items():
+        operation["responses"][status] = entry
     for status, (schema_class, description, many) in meta["responses"].items():
         entry = {"description": description}
         if schema_class is not None:
@@ -77,4 +85,26 @@ def build_spec(app, prefix: str = "/api") -> dict:
             paths.setdefault(path, {})[method.lower()] = _operation(view, rule, method)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    _document_task_types(app, document)
+    return document
+
+
+def _document_task_types(app, document: dict) -> None:
+    """`type` of a new task is one of the types registered in this app (custom ones included),
+    and each type's `parameters` are described by a component `<Type>Parameters`."""
+    from app.tasks.registry import task_types  # noqa: PLC0415 - the registry lives on the app
+
+    schemas = document.get("components", {}).get("schemas", {})
+    if "CreateTask" not in schemas:
+        return
+    types = task_types(app)
+    schemas["CreateTask"]["properties"]["type"]["enum"] = sorted(types)
+    for name, task_type in sorted(types.items()):  # one spec each: two types may share a schema class
+        helper = APISpec(title="-", version="-", openapi_version="3.0.3",
+                         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name_resolver)])
+        helper.components.schema(f"{name}Parameters", schema=task_type.schema)
+        for component_name, component in helper.to_dict()["components"]["schemas"].items():
+            schemas.setdefault(component_name, component)
+    schemas["CreateTask"]["properties"]["parameters"]["description"] = (
+        "The parameters of the task's type: see the component <type>Parameters (e.g. FileCompressParameters)")
