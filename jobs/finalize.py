@@ -192,13 +192,12 @@ def _publish(task, pool, backend, file_id, key, encryption, file_meta, attempt) 
         backend.delete(key)
         raise
     task = db.session.get(UploadTask, task_pk)
+    _drop_chunks(task)
     publish_event(task.account_id, "upload.completed", {
         "taskId": task.task_id, "fileId": str(file_id), "fileName": task.file_name,
         "fileSize": task.file_size, "completedAt": iso(now),
     })
     _announce(task.task_id, "Completed")
-    remove_task_chunks(task)
-    file_hash.forget(task_pk)
     return str(file_id)
 
 
@@ -239,12 +238,22 @@ def fail_upload(task_pk: str, message: str, attempt: int | None = None) -> None:
     quotas.release(task.account_id, reserved)
     db.session.commit()
     log.info("upload %s failed: %s", task.task_id, message)
+    _drop_chunks(task)
     publish_event(task.account_id, "upload.failed", {
         "taskId": task.task_id, "fileName": task.file_name, "fileSize": task.file_size,
         "failedAt": iso(now), "errorMessage": message,
     })
     _announce(task.task_id, "Failed")
-    remove_task_chunks(task)
+
+
+def _drop_chunks(task: UploadTask) -> None:
+    """Remove an ended task's chunks before its end is told, so whoever hears it (a waiting
+    complete) finds them gone. A failure here must not keep the end untold: what is left is
+    an orphan that cleanup sweeps."""
+    try:
+        remove_task_chunks(task)
+    except Exception:  # noqa: BLE001
+        log.warning("could not remove the chunks of %s", task.task_id, exc_info=True)
     file_hash.forget(task.id)
 
 
