@@ -218,8 +218,10 @@ class EventHub:
         while True:
             try:
                 self._listen()
-            except (RedisError, OSError):
-                log.warning("event hub lost Redis; reconnecting", exc_info=True)
+            except (RedisError, OSError) as error:
+                # one line when a connected hub loses Redis, not a traceback per retry
+                (log.warning if self.ready.is_set() else log.debug)(
+                    "event hub: Redis unavailable (%s: %s); reconnecting", type(error).__name__, error)
             # a hub that was connected starts its back-off again from the shortest delay
             delay = 0.1 if self.ready.is_set() else min(delay * 2, 5.0)
             self.ready.clear()
