@@ -25,7 +25,7 @@ WORKERS = 2
 CHUNK = 3 * MIB // 2
 SIZE = 2 * CHUNK - 1000
 CUT_AFTER = 5 * MIB // 4
-FINISHING, STALLED = 3, 3  # clients that go on sending after the SIGTERM, and clients that stop
+FINISHING, STALLED = 2, 2  # clients that go on sending after the SIGTERM, and clients that stop
 
 
 def piece(data: bytes, index: int) -> bytes:
