@@ -221,9 +221,9 @@ def _finalize_key() -> str:
 
 
 def _le(bound: float) -> str:
-    from prometheus_client.utils import floatToGoString  # noqa: PLC0415
-
-    return floatToGoString(bound)
+    """A bucket's `le` label, as Prometheus writes it ("0.5", "10.0"). Not prometheus_client's
+    floatToGoString: importing that in every forked work-horse took ~17 % of a finalize job."""
+    return repr(float(bound))
 
 
 def finalize_histogram(redis) -> dict:
