@@ -50,7 +50,7 @@ def create_upload(data):
 @api.post("/files/upload/chunk/<task_id>/<chunk_index>")
 @response(ChunkReceiptSchema, 200, "The chunk is stored")
 @other_responses({409: (None, "CHUNK_ALREADY_UPLOADED (details: size, sha256)"),
-                  400: (None, "CHUNK_SIZE_MISMATCH / CHUNK_CHECKSUM_MISMATCH / CHUNK_INDEX_OUT_OF_RANGE"),
+                  400: (None, "CHUNK_SIZE_MISMATCH / CHUNK_CHECKSUM_MISMATCH / CHUNK_CHECKSUM_INVALID / CHUNK_INDEX_OUT_OF_RANGE"),
                   410: (None, "UPLOAD_EXPIRED"), 413: (None, "CHUNK_TOO_LARGE"),
                   507: (None, "STORAGE_FULL: nothing was kept; send the chunk again later")})
 def upload_chunk(task_id, chunk_index):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import socket
 import threading
 from typing import BinaryIO, Iterator
@@ -19,6 +20,8 @@ from streaming_form_data.parser import ParseFailedException
 from streaming_form_data.targets import BaseTarget
 
 from app.errors import BadRequest
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 READ_SIZE = 1024 * 1024
 IDLE_BUFFERS = 4  # kept for reuse per process; more are made while more requests need one
@@ -168,6 +171,8 @@ class ChunkBody:
         if not self.supported:
             raise BadRequest("Send the chunk as application/octet-stream or as the multipart field 'chunk'",
                              code="UNSUPPORTED_CHUNK_ENCODING", status=415)
+        if self.checksum is not None and not _SHA256_HEX.fullmatch(self.checksum):
+            raise BadRequest("X-Chunk-SHA256 must be 64 hexadecimal digits", code="CHUNK_CHECKSUM_INVALID")
 
     @property
     def exact_length(self) -> int | None:
