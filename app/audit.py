@@ -191,7 +191,10 @@ def audit_event(account_id, event_type: str, data: dict) -> None:
     if has_request_context() or not has_app_context() or event_type.endswith(".progress"):
         return
     try:
-        fields = {"message": data["errorMessage"]} if data.get("errorMessage") else {}
+        # An upload's failure messages are fixed texts; a task's may quote what it worked on
+        # (an archive entry's path, an exception's text), which an audit line never holds.
+        message = data.get("errorMessage") if event_type.startswith("upload.") else None
+        fields = {"message": message} if message else {}
         record(event_type, outcome="failed" if event_type.endswith(".failed") else "ok", account=account_id,
                ids=_event_ids(data), **fields)
     except Exception:  # noqa: BLE001 - never fails the job that publishes

@@ -52,6 +52,17 @@ class DriveWorker(Worker):
                 again.execute()
 
 
+class DriveCronScheduler(CronScheduler):
+    """RQ's cron scheduler, remembering a stop signal: on its way out it registers its death
+    in Redis, and with Redis down that error would hide the stop (and start it again)."""
+
+    stop_signalled = False
+
+    def _request_stop(self, signum, frame):
+        self.stop_signalled = True
+        super()._request_stop(signum, frame)
+
+
 def run_worker(make_worker: Callable[[], DriveWorker], burst: bool, **work_options) -> None:
     """Run a worker until a stop signal (or, in burst mode, until the queues are empty)."""
 
@@ -59,21 +70,26 @@ def run_worker(make_worker: Callable[[], DriveWorker], burst: bool, **work_optio
         worker = make_worker()
         try:
             worker.work(burst=burst, **work_options)
-        except RedisError:  # before its loop began: registering its birth
+        except (RedisError, ValueError):  # before its loop began: registering its birth
+            # (ValueError: a Redis that kept its data still holds the record of this --name from
+            # before the outage; it expires within the worker TTL)
             log.warning("worker could not start: Redis is unavailable", exc_info=True)
         return burst or worker.stop_signalled
 
     _keep_running(once, "worker")
 
 
-def run_scheduler(make_scheduler: Callable[[], CronScheduler]) -> None:
+def run_scheduler(make_scheduler: Callable[[], DriveCronScheduler]) -> None:
     """Run the cron scheduler until a stop signal, starting it again after a Redis failure."""
 
     def once() -> bool:
+        scheduler = make_scheduler()
         try:
-            make_scheduler().start()  # returns on a stop signal
+            scheduler.start()  # returns on a stop signal
             return True
         except (RedisError, OSError):
+            if scheduler.stop_signalled:  # stopped, then failed to say so to a Redis that is down
+                return True
             log.warning("scheduler lost Redis", exc_info=True)
             return False
 

@@ -9,12 +9,11 @@ import sys
 import click
 from flask.cli import AppGroup, with_appcontext
 from flask import current_app
-from rq.cron import CronScheduler
 
 from app.embedded_redis import stop_embedded_redis
 from app.redis_client import get_redis
 from jobs.cleanup import cleanup_uploads
-from jobs.processes import DriveWorker, run_scheduler, run_worker
+from jobs.processes import DriveCronScheduler, DriveWorker, run_scheduler, run_worker
 from jobs.task_cleanup import cleanup_tasks
 from jobs.queues import QUEUE_NAMES, get_queue
 from jobs.recovery import recover_tasks
@@ -60,9 +59,9 @@ def scheduler():
     run_scheduler(_cron_scheduler)
 
 
-def _cron_scheduler() -> CronScheduler:
+def _cron_scheduler() -> DriveCronScheduler:
     config = current_app.config
-    cron = CronScheduler(connection=get_redis(), logging_level=config["LOG_LEVEL"].upper())
+    cron = DriveCronScheduler(connection=get_redis(), logging_level=config["LOG_LEVEL"].upper())
     low, high = get_queue("low").name, get_queue("high").name
     recovery = config["TASK_RECOVERY_INTERVAL_SECONDS"]
     cron.register(cleanup_uploads, queue_name=low, interval=config["UPLOAD_CLEANUP_INTERVAL_MINUTES"] * 60)

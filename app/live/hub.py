@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import queue
 import socket
 import termios
@@ -106,7 +105,9 @@ class Subscription:
         try:
             if _unsent(sock) + len(frame) > self.room:
                 return False
-            written = os.write(sock.fileno(), frame)
+            # through the socket object, not its fd number: once the reader thread has closed
+            # it, send fails instead of writing to whatever connection took that number since
+            written = sock.send(frame, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:  # the connection failed: its thread finds out on its next send
