@@ -66,7 +66,8 @@ def ensure_finalize(task: UploadTask, redis=None) -> bool:
     # read after the job's status: a worker records its current job as it starts it
     if status == JobStatus.STARTED and job.id in jobs_of_live_workers(redis):
         return False
-    if status in (None, JobStatus.CREATED) and _just_requested(task):
+    # FINISHED: a run that postponed (full disk) left its job; a new claim is being queued
+    if status in (None, JobStatus.CREATED, JobStatus.FINISHED) and _just_requested(task):
         return False
     runs = task.finalize_attempts
     if runs >= current_app.config["TASK_MAX_ATTEMPTS"]:

@@ -236,3 +236,25 @@ def test_an_upload_whose_finalize_keeps_dying_ends_failed(app, api, redis, setti
         task_backend(app, task["taskId"]).list_objects(f"uploads/{task['taskId']}"))
     with app.app_context():
         assert task["taskId"] not in recover_uploads()  # done with it
+
+
+def test_a_claim_being_queued_is_left_alone_beside_the_finished_job_of_a_postponed_run(app, api, redis):
+    """A run that postponed (full disk) ends its job FINISHED; a complete then claims the upload
+    again and is about to queue a new job. Recovery, or a second complete, looking in that gap
+    must not take the old job for a dead one (with TASK_MAX_ATTEMPTS runs counted it would fail
+    the upload and delete its chunks)."""
+    data = random_bytes(MIB + 5, seed=7)
+    task = create_task(api, data, chunkSize=MIB)
+    send_chunks(api, task, data)
+    leave_finalize_abandoned(app, redis, task["taskId"], runs=app.config["TASK_MAX_ATTEMPTS"],
+                             job_status=JobStatus.FINISHED)
+    with database(app) as session:  # claimed just now
+        session.execute(sa.update(UploadTask).where(UploadTask.task_id == task["taskId"]).values(
+            finalize_requested_at=utcnow()))
+        session.commit()
+        row = session.scalar(sa.select(UploadTask).where(UploadTask.task_id == task["taskId"]))
+        session.expunge(row)
+    with app.app_context():
+        assert ensure_finalize(row) is False
+    assert api.get(f"/files/upload/progress/{task['taskId']}").get_json()["status"] == "InProgress"
+    assert len(chunk_rows(app, task["taskId"])) == 2
