@@ -88,10 +88,11 @@ def run_scheduler(make_scheduler: Callable[[], DriveCronScheduler]) -> None:
             scheduler.start()  # returns on a stop signal
             return True
         except (RedisError, OSError):
-            if scheduler.stop_signalled:  # stopped, then failed to say so to a Redis that is down
-                return True
-            log.warning("scheduler lost Redis", exc_info=True)
-            return False
+            if not scheduler.stop_signalled:
+                log.warning("scheduler lost Redis", exc_info=True)
+            # read after the log line: a stop signal landing in it raises inside `logging`, which
+            # swallows the StopRequested; also, stopped, it may have failed to tell a Redis that is down
+            return scheduler.stop_signalled
 
     _keep_running(once, "scheduler")
 
@@ -99,9 +100,12 @@ def run_scheduler(make_scheduler: Callable[[], DriveCronScheduler]) -> None:
 def _keep_running(run_once: Callable[[], bool], what: str) -> None:
     """Call `run_once` until it returns True (done) or a stop signal comes, waiting longer
     after each failure. Outside RQ's own loops a signal raises StopRequested, through RQ's
-    handlers (left installed) or the one set here."""
+    handlers (left installed) or the one set here, which also remembers it: a StopRequested
+    raised while a log line is written is swallowed by `logging`, and must still stop us."""
+    stopping = []
 
-    def stop(_signum, _frame):
+    def stop(signum, _frame):
+        stopping.append(signum)
         raise StopRequested()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,7 +114,7 @@ def _keep_running(run_once: Callable[[], bool], what: str) -> None:
     try:
         while True:
             started = time.monotonic()
-            if run_once():
+            if run_once() or stopping:
                 return
             if time.monotonic() - started > STEADY_SECONDS:
                 delay = FIRST_DELAY
