@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 
 import pytest
@@ -20,6 +19,7 @@ from tests.support import (
     create_task,
     invoke,
     random_bytes,
+    wait_until,
 )
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -67,13 +67,11 @@ def lines_of(path, account) -> list[dict]:
 
 def worker_line(worker, action: str, task_id: str, timeout: float = 15.0) -> dict:
     """The worker's audit line of `action` for `task_id` (its stderr is the worker log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for text in list(worker.lines):
-            if text.startswith("{") and f'"{action}"' in text and task_id in text:
-                return json.loads(text)
-        time.sleep(0.05)  # polling the log pump's list; the line has a deadline, not a fixed wait
-    raise AssertionError(f"no {action} line for {task_id} in the worker's output")
+    def line():
+        return next((text for text in list(worker.lines)
+                     if text.startswith("{") and f'"{action}"' in text and task_id in text), None)
+
+    return json.loads(wait_until(line, timeout, f"a {action} line for {task_id} in the worker's output"))
 
 
 def test_an_upload_leaves_its_changes_and_refusals_not_its_reads(audited_api, audit_path, worker):

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from config import Config
 from tests.conftest import make_token, process_env
 from tests.live.clients import EventStream, open_socket, port_of, serving_pid
-from tests.support import MIB, assert_error, database, free_port, random_bytes, sha256, start_process
+from tests.support import MIB, assert_error, database, free_port, random_bytes, sha256, start_process, wait_until
 
 PROCESS_WAIT = 20  # seconds to find a connection accepted by a given process, or for a gauge to settle
 
@@ -244,13 +244,12 @@ def own_server(settings, tmp_path):
 
 def booted_workers(directory: str, count: int) -> list[int]:
     """The workers whose app is loaded: each made its metric files then (post_worker_init)."""
-    deadline = time.monotonic() + PROCESS_WAIT
-    while True:
-        pids = sorted(int(name[8:-3]) for name in os.listdir(directory) if name.startswith("counter_"))
-        if len(pids) >= count or time.monotonic() > deadline:
-            assert len(pids) == count, pids
-            return pids
-        time.sleep(0.05)
+    def pids():
+        return sorted(int(name[8:-3]) for name in os.listdir(directory) if name.startswith("counter_"))
+
+    wait_until(lambda: len(pids()) >= count, PROCESS_WAIT, f"{count} workers booted")
+    assert len(pids()) == count, pids()
+    return pids()
 
 
 def live_connections(samples: dict) -> tuple:

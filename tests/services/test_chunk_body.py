@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import http.client
 import socket
-import time
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.support import MIB, LiveClient, chunk_rows, random_bytes, sha256, stored_objects
+from tests.support import MIB, LiveClient, chunk_rows, random_bytes, sha256, stored_objects, wait_until
 
 TIMEOUT = 30
 
@@ -103,7 +102,5 @@ def test_a_client_gone_mid_body_leaves_nothing_and_the_chunk_can_be_sent_again(a
     (row,) = chunk_rows(app, task["taskId"])
     assert row[1:3] == (MIB, sha256(piece))
     # the cut copy's temporary file goes too (its thread may still be finishing: poll)
-    deadline = time.monotonic() + TIMEOUT
-    while stored_objects(app, task["taskId"]) != {row[3]}:
-        assert time.monotonic() < deadline, stored_objects(app, task["taskId"])
-        time.sleep(0.02)
+    wait_until(lambda: stored_objects(app, task["taskId"]) == {row[3]}, TIMEOUT,
+               "the cut copy's temporary file removed")
