@@ -453,3 +453,11 @@ def assert_clean_error(result, *fragments):
     assert "Traceback" not in result.output and "Error" in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+
+
+def gunicorn_command(port: int, workers: int, threads: int, graceful_timeout: float = 2) -> list[str]:
+    """The Procfile's web command, sized for a test."""
+    return [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", str(workers),
+            "--worker-class", "app.gunicorn_worker.DriveThreadWorker", "--threads", str(threads),
+            "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", str(graceful_timeout),
+            "wsgi:app"]

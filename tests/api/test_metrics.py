@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 
@@ -21,7 +20,8 @@ import sqlalchemy as sa
 from config import Config
 from tests.conftest import make_token, process_env
 from tests.live.clients import EventStream, open_socket, port_of, serving_pid
-from tests.support import MIB, assert_error, database, free_port, random_bytes, sha256, start_process, wait_until
+from tests.support import (MIB, assert_error, database, free_port, gunicorn_command, random_bytes, sha256, start_process,
+                           wait_until)
 
 PROCESS_WAIT = 20  # seconds to find a connection accepted by a given process, or for a gauge to settle
 
@@ -233,9 +233,7 @@ def own_server(settings, tmp_path):
     learns that its client left when it next writes: a keep-alive every second here."""
     port = free_port()
     process = start_process(
-        [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", "2", "--worker-class",
-         "app.gunicorn_worker.DriveThreadWorker", "--threads", "8", "--bind", f"127.0.0.1:{port}",
-         "--graceful-timeout", "2", "wsgi:app"],
+        gunicorn_command(port, workers=2, threads=8),
         process_env(settings, LIVE_SSE_KEEPALIVE_SECONDS="1"), str(tmp_path / "gunicorn.log"),
         ready_marker="Booting worker")
     yield process, f"http://127.0.0.1:{port}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
-import sys
 import time
 import uuid
 
@@ -22,6 +20,7 @@ from tests.support import (
     assert_error,
     create_task,
     free_port,
+    gunicorn_command,
     random_bytes,
     sha256,
     start_process,
@@ -208,9 +207,7 @@ def limited_server(app, settings, tmp_path_factory):
     port = free_port()
     log = str(tmp_path_factory.mktemp("logs") / "gunicorn-limited.log")
     process = start_process(
-        [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", "1",
-         "--worker-class", "app.gunicorn_worker.DriveThreadWorker", "--threads", "4",
-         "--bind", f"127.0.0.1:{port}", "--timeout", "60", "--graceful-timeout", "2", "wsgi:app"],
+        gunicorn_command(port, workers=1, threads=4),
         process_env(settings, **LIMITS), log, ready_marker="Booting worker",
     )
     yield port

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
 from tests.conftest import make_token, process_env
-from tests.support import LiveClient, Process, children_of, free_port, kill_and_wait, start_process, wait_until
+from tests.support import (LiveClient, Process, children_of, free_port, gunicorn_command, kill_and_wait,
+                           start_process, wait_until)
 
 
 @dataclass
@@ -56,14 +56,6 @@ class WebServer:
         """Return once `count` lines of the server's output contain `text`."""
         wait_until(lambda: sum(text in line for line in list(self.process.lines)) >= count, timeout,
                    f"{count} x {text!r} in the server's output")
-
-
-def gunicorn_command(port: int, workers: int, threads: int, graceful_timeout: float) -> list[str]:
-    """The Procfile's web command, sized for a test."""
-    return [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "--workers", str(workers),
-            "--worker-class", "app.gunicorn_worker.DriveThreadWorker", "--threads", str(threads),
-            "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--graceful-timeout", str(graceful_timeout),
-            "wsgi:app"]
 
 
 @pytest.fixture()
